@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export RECSYS_SHARED_DATA ?= $(abspath ../shared/data)
+
+.PHONY: setup demo test test-fast lint format clean-venv
+
+setup: $(STAMP)
+
+# torch goes first *with* its dependencies (a CPU wheel where pip's find-links has one, the
+# CUDA build elsewhere); then the whole lock with --no-deps, because torchrec declares the CUDA
+# fbgemm-gpu while we ship the CPU build fbgemm-gpu-cpu (see ../shared/stack/NOTES.md).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet "torch==$$(sed -n 's/^torch==//p' requirements.lock)"
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/recsys demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks bentos
+	$(VENV)/bin/ruff format --check src tests benchmarks bentos
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks bentos
+	$(VENV)/bin/ruff format src tests benchmarks bentos
+
+clean-venv:
+	rm -rf $(VENV)

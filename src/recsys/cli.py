@@ -1,0 +1,103 @@
+"""The ``recsys`` command line: data, bench, demo (more stages add their commands here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recsys.errors import RecsysError
+
+app = typer.Typer(
+    help="recsys: real-time personalisation research framework.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Fetch and inspect datasets.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks; each writes JSON under its --out folder.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+DEFAULT_BENCH_DIR = Path("experiments/bench")
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="ml-100k")] = "ml-100k",
+    force: Annotated[bool, typer.Option(help="Fetch again even if cached.")] = False,
+) -> None:
+    """Fetch a dataset into the cache (checksums verified)."""
+    from recsys.data.movielens import fetch_ml100k
+
+    if dataset != "ml-100k":
+        _fail(ValueError(f"dataset: only ml-100k is fetched; {dataset!r} is read in place"))
+    try:
+        folder = fetch_ml100k(force=force)
+    except RecsysError as exc:
+        _fail(exc)
+    typer.echo(f"ml-100k ready in {folder}")
+
+
+@data_app.command("info")
+def data_info(dataset: Annotated[str, typer.Argument(help="ml-100k | ml-latest-small")]) -> None:
+    """Print a dataset's counts and time span as JSON."""
+    from recsys.data import load_dataset
+
+    try:
+        summary = load_dataset(dataset).summary()
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@bench_app.command("quality")
+def bench_quality(
+    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = "ml-100k",
+    protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "quality",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+) -> None:
+    """Train and evaluate every model on one split; write quality.json and quality.md."""
+    from recsys.evaluation.bench import quality_table, run_quality
+
+    try:
+        report = run_quality(dataset, protocol, out, models=model, seed=seed)
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(quality_table(report))
+    typer.echo(f"\nwrote {out / 'quality.json'} and {out / 'quality.md'}")
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "demo",
+) -> None:
+    """The main job end to end on real data: fetch ML-100K, benchmark both protocols."""
+    from recsys.data.movielens import fetch_ml100k
+    from recsys.evaluation.bench import quality_table, run_quality
+
+    typer.echo(f"ML-100K: {fetch_ml100k()}")
+    for protocol in ("random", "temporal"):
+        report = run_quality("ml-100k", protocol, out / f"ml-100k-{protocol}")
+        typer.echo("\n" + quality_table(report))
+    typer.echo(f"\nresults under {out}/")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Decision stage (see ../shared/GUIDE.md)."""

@@ -1,0 +1,1 @@
+"""Ranking stage (see ../shared/GUIDE.md)."""

@@ -1,0 +1,1 @@
+"""Serving stage (see ../shared/GUIDE.md)."""

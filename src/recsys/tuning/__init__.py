@@ -1,0 +1,1 @@
+"""Tuning stage (see ../shared/GUIDE.md)."""

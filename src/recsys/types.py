@@ -1,0 +1,133 @@
+"""Contracts between pipeline stages.
+
+Inside the engine items and users are *dense indices* (0..n-1) into a :class:`~recsys.data.Catalog`;
+external ids are translated only at the edges (data loading, the HTTP API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a stage knows about one request.
+
+    Attributes:
+        user: Dense user index, or ``None`` for an unknown / anonymous user (cold start).
+        history: Dense item indices the user interacted with, oldest first. For a real-time
+            profile this includes events from the current session.
+        context: Request context (e.g. ``age_band``, ``gender``, ``occupation``, ``device``).
+        timestamp: Request time in Unix seconds, if known.
+        session_id: Session identifier, if known.
+        consent: Whether the user allows personalisation. Without it only context is used.
+        exclude: Extra dense item indices that must not be returned.
+    """
+
+    user: int | None = None
+    history: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    context: Mapping[str, Any] = field(default_factory=dict)
+    timestamp: float | None = None
+    session_id: str | None = None
+    consent: bool = True
+    exclude: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "history", np.asarray(self.history, dtype=np.int64).ravel())
+        object.__setattr__(self, "exclude", np.asarray(self.exclude, dtype=np.int64).ravel())
+
+
+@dataclass(frozen=True)
+class ItemList:
+    """An ordered list of items with scores, best first.
+
+    Attributes:
+        items: Dense item indices, shape (N,), no duplicates.
+        scores: Score per item, shape (N,), in the same order (higher is better).
+        propensities: Probability with which each item was shown at its position, shape (N,),
+            filled in by exploring decision stages; ``None`` when the list is deterministic.
+    """
+
+    items: IntArray
+    scores: FloatArray
+    propensities: FloatArray | None = None
+
+    def __post_init__(self) -> None:
+        items = np.asarray(self.items, dtype=np.int64).ravel()
+        scores = np.asarray(self.scores, dtype=np.float32).ravel()
+        if items.shape != scores.shape:
+            raise ValueError(f"items {items.shape} and scores {scores.shape} differ in shape")
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "scores", scores)
+        if self.propensities is not None:
+            props = np.asarray(self.propensities, dtype=np.float32).ravel()
+            if props.shape != items.shape:
+                raise ValueError("propensities must have one value per item")
+            object.__setattr__(self, "propensities", props)
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @classmethod
+    def empty(cls) -> ItemList:
+        """An empty list."""
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+    @classmethod
+    def from_scores(
+        cls, scores: npt.NDArray[np.floating], n: int, exclude: npt.ArrayLike | None = None
+    ) -> ItemList:
+        """Top-``n`` items of a dense score vector over the catalogue, best first.
+
+        Args:
+            scores: Shape (n_items,); one score per catalogue item.
+            n: How many items to return (fewer if fewer items are eligible).
+            exclude: Item indices that must not be returned.
+
+        Returns:
+            The best ``n`` eligible items, sorted by descending score (ties by index).
+        """
+        scores = np.asarray(scores, dtype=np.float32).copy()
+        if exclude is not None:
+            excl = np.asarray(exclude, dtype=np.int64)
+            if excl.size:
+                scores[excl] = -np.inf
+        eligible = int(np.isfinite(scores).sum())
+        n = min(n, eligible)
+        if n <= 0:
+            return cls.empty()
+        top = top_k_indices(scores, n)
+        return cls(top, scores[top])
+
+    def head(self, k: int) -> ItemList:
+        """The first ``k`` entries."""
+        props = None if self.propensities is None else self.propensities[:k]
+        return ItemList(self.items[:k], self.scores[:k], props)
+
+
+def top_k_indices(scores: npt.NDArray[np.floating], k: int) -> IntArray:
+    """Indices of the ``k`` largest scores, sorted descending, ties broken by lower index.
+
+    Works on a vector (N,) or row-wise on a matrix (B, N) -> (B, k).
+    """
+    scores = np.asarray(scores)
+    n = scores.shape[-1]
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((*scores.shape[:-1], 0), dtype=np.int64)
+    if k < n:
+        part = np.argpartition(-scores, k - 1, axis=-1)[..., :k]
+    else:
+        part = np.broadcast_to(np.arange(n), scores.shape).copy()
+    part_scores = np.take_along_axis(scores, part, axis=-1)
+    # lexsort: last key is primary -> sort by -score, then by index for determinism
+    order = np.lexsort((part, -part_scores), axis=-1)
+    return np.take_along_axis(part, order, axis=-1).astype(np.int64)
