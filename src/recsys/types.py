@@ -114,7 +114,10 @@ class ItemList:
 
 
 def top_k_indices(scores: npt.NDArray[np.floating], k: int) -> IntArray:
-    """Indices of the ``k`` largest scores, sorted descending, ties broken by lower index.
+    """Indices of the ``k`` largest scores, sorted by descending score.
+
+    Among the selected items, equal scores are ordered by index; which of several items tied
+    at the cut-off is selected is deterministic but unspecified (``argpartition``).
 
     Works on a vector (N,) or row-wise on a matrix (B, N) -> (B, k).
     """

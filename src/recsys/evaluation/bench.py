@@ -1,13 +1,15 @@
 """``recsys bench quality``: every model, one split, full ranking, one JSON + one Markdown table.
 
-A model enters the benchmark through :data:`QUALITY_MODELS`: a name and a factory that returns
-an *untrained* :class:`~recsys.retrieval.base.Recommender`-like object with ``fit(split)`` and
-``score(queries)``. Factories receive the dataset name so they can pick per-dataset settings
-(chosen on validation data, never on test).
+A model enters the benchmark through a file in ``experiments/configs/models/`` (component
+import path + config + per-dataset overrides) or, for models assembled in code, through
+``bench_models()`` of its stage. Either way a factory returns an *untrained*
+:class:`~recsys.retrieval.base.Recommender`-like object with ``fit(split)`` and
+``score(queries)``. Settings are chosen on validation data, never on test.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import platform
@@ -18,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
 from tqdm.auto import tqdm
 
 from recsys.data import load_dataset, make_split
@@ -47,29 +50,65 @@ class BenchModel:
     description: str = ""
 
 
-def _baselines() -> list[BenchModel]:
-    from recsys.evaluation.peers import ImplicitALS, ImplicitBPR
-    from recsys.retrieval.baselines import EASE, ItemKNN, Popularity
+def configured_models(folder: Path | None = None) -> list[BenchModel]:
+    """Benchmark entries from ``experiments/configs/models/*.yaml`` (one file per model).
 
-    return [
-        BenchModel("popularity", lambda _: Popularity(), "most interactions in train"),
-        BenchModel("itemknn", lambda _: ItemKNN(), "item kNN, cosine, k=100"),
-        BenchModel(
-            "ease",
-            lambda ds: EASE(l2=250.0 if ds == "ml-100k" else 500.0),
-            "EASE, λ=250 (ml-100k) / 500",
-        ),
-        BenchModel("implicit_als", lambda _: ImplicitALS(), "implicit ALS (external peer)"),
-        BenchModel("implicit_bpr", lambda _: ImplicitBPR(), "implicit BPR (external peer)"),
-    ]
+    Each file names a ``component`` (import path), its ``config`` and optional per-dataset
+    overrides under ``datasets``; the file stem is the model's benchmark name.
+    """
+    folder = folder or _config_dir()
+    if folder is None or not folder.is_dir():
+        return []
+    entries = []
+    for path in sorted(folder.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text()) or {}
+        entries.append(
+            BenchModel(path.stem, _factory_from_spec(spec, path), spec.get("description", ""))
+        )
+    order = {name: i for i, name in enumerate(BASELINE_ORDER)}
+    return sorted(entries, key=lambda m: (order.get(m.name, len(order)), m.name))
+
+
+BASELINE_ORDER = ("popularity", "itemknn", "ease", "implicit_als", "implicit_bpr")
+
+
+def _config_dir() -> Path | None:
+    from recsys.data.paths import project_root
+
+    root = project_root()
+    return root / "experiments" / "configs" / "models" if root else None
+
+
+def load_component_class(path: str) -> type:
+    """Import ``package.module.Class``."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _factory_from_spec(spec: dict[str, Any], source: Path) -> Callable[[str], Trainable]:
+    if "component" not in spec:
+        raise ValueError(f"{source}: missing 'component'")
+    klass = load_component_class(spec["component"])
+    base = dict(spec.get("config") or {})
+    per_dataset = spec.get("datasets") or {}
+    klass.config_class.model_validate(base)  # fail at load time, naming the file
+    for overrides in per_dataset.values():
+        klass.config_class.model_validate({**base, **overrides})
+
+    def factory(dataset: str) -> Trainable:
+        values = {**base, **(per_dataset.get(dataset) or {})}
+        return klass(klass.config_class.model_validate(values))
+
+    return factory
 
 
 def quality_models() -> list[BenchModel]:
     """All registered benchmark models, baselines first.
 
-    Stages other than retrieval baselines add theirs in :func:`_extra_models`.
+    Config-file models (``experiments/configs/models``) first, then models registered in
+    code by other stages (:func:`_extra_models`).
     """
-    return [*_baselines(), *_extra_models()]
+    return [*configured_models(), *_extra_models()]
 
 
 def _extra_models() -> list[BenchModel]:
