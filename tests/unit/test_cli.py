@@ -1,0 +1,90 @@
+"""The `recsys` command line: outputs, files and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from recsys.cli import app
+
+runner = CliRunner()
+
+
+def test_bench_quality_writes_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "quality",
+            "--dataset",
+            "synthetic",
+            "--protocol",
+            "temporal",
+            "--out",
+            str(out),
+            "-m",
+            "popularity",
+            "-m",
+            "ease",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "quality.json").read_text())
+    assert set(report["models"]) == {"popularity", "ease"}
+    assert report["protocol"] == "temporal" and "torch" in report["versions"]
+    for values in report["models"].values():
+        assert {
+            "ndcg@10",
+            "recall@10",
+            "hr@10",
+            "mrr@10",
+            "coverage@10",
+            "ild@10",
+            "novelty@10",
+            "gini@10",
+            "train_seconds",
+        } <= set(values)
+    assert "| ease |" in (out / "quality.md").read_text()
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["bench", "quality", "--dataset", "synthetic", "--out", str(tmp_path), "-m", "nope"]
+    )
+    assert result.exit_code == 2
+    assert "unknown ['nope']" in result.output
+
+
+def test_data_info_unknown_dataset() -> None:
+    result = runner.invoke(app, ["data", "info", "ml-10m"])
+    assert result.exit_code == 2
+    assert "dataset: unknown 'ml-10m'" in result.output
+
+
+def test_data_info_synthetic() -> None:
+    result = runner.invoke(app, ["data", "info", "synthetic"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["users"] == 200
+
+
+def test_experiment_configs_validate() -> None:
+    from recsys.evaluation.bench import configured_models
+
+    names = [m.name for m in configured_models()]
+    assert names[:5] == ["popularity", "itemknn", "ease", "implicit_als", "implicit_bpr"]
+    ease = {m.name: m for m in configured_models()}["ease"]
+    assert ease.factory("ml-latest-small").config.l2 == 500.0
+    assert ease.factory("ml-100k").config.l2 == 250.0
+
+
+def test_bad_experiment_config_names_file(tmp_path: Path) -> None:
+    import pytest
+
+    from recsys.evaluation.bench import configured_models
+
+    (tmp_path / "ease.yaml").write_text("component: recsys.retrieval.EASE\nconfig: {l3: 1}\n")
+    with pytest.raises(Exception, match="l3"):
+        configured_models(tmp_path)
