@@ -108,3 +108,49 @@ def test_k_is_validated(parts) -> None:
     engine = _engine(parts, config=EngineConfig(max_k=50))
     with pytest.raises(ValueError, match="k: must be between 1 and 50"):
         engine.recommend(k=51)
+
+
+def test_engine_with_the_decision_pipeline(parts) -> None:
+    from recsys.decision import (
+        DecisionPipeline,
+        DecisionPipelineConfig,
+        ExperimentConfig,
+        ItemCatalog,
+        MMRConfig,
+        Variant,
+    )
+
+    split = parts[0]
+    experiment = ExperimentConfig(
+        name="diversity",
+        salt="s1",
+        variants=(
+            Variant(name="control", weight=0.5),
+            Variant(name="mmr", weight=0.5, diversity=MMRConfig(lam=0.7)),
+        ),
+    )
+    pipeline = DecisionPipeline(
+        DecisionPipelineConfig(experiment=experiment),
+        ItemCatalog.from_dataset(split.dataset),
+        fit_data=split,
+    )
+    engine = _engine(parts, decision=pipeline)
+    variants = set()
+    for user in range(20):
+        user_id = split.dataset.user_index.ids[user]
+        answer = engine.recommend(
+            user_id=user_id, history=_history(split, user), k=5, context={"user_id": user_id}
+        )
+        assert len(answer.items) == 5 and answer.propensities is not None
+        variants.add(answer.variant)
+        again = engine.recommend(
+            user_id=user_id, history=_history(split, user), k=5, context={"user_id": user_id}
+        )
+        assert again.variant == answer.variant  # sticky
+    assert variants == {"control", "mmr"}
+    cold = engine.recommend(user_id="nobody", k=5)
+    assert cold.fallback == "cold start: no history" and len(cold.items) == 5
+    assert len(pipeline.log.records) == 41  # 20 users twice + one cold start
+    private = engine.recommend(user_id="u1", history=_history(split, 1), consent=False, k=5)
+    assert private.fallback == "no personalisation consent"
+    assert pipeline.log.records[-1].user is None

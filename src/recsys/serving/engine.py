@@ -39,9 +39,14 @@ class Reranker(Protocol):
 
 
 class Decider(Protocol):
-    """``(query, ranked, k) -> ItemList``: rules, diversity, exploration."""
+    """``(query, ranked | None, k) -> ItemList | Decision``: rules, diversity, exploration.
 
-    def __call__(self, query: Query, items: ItemList, k: int) -> ItemList:  # noqa: D102
+    ``ranked`` is None on cold start, without consent, or when retrieval failed: the decision
+    stage then decides over its own fallback list (``recsys.decision.DecisionPipeline`` does).
+    It may return a plain ItemList or an object with ``slate`` and ``variant``.
+    """
+
+    def __call__(self, query: Query, items: ItemList | None, k: int) -> Any:  # noqa: D102
         ...
 
 
@@ -94,6 +99,7 @@ class Recommendation:
             ``decision``, ``fallback``, ``total``).
         fallback: Why the fallback served (part of) the answer, or None.
         degraded: Stages that were skipped or degraded, with reasons.
+        variant: The experiment variant that chose the pipeline, or None.
     """
 
     items: list[str]
@@ -102,6 +108,7 @@ class Recommendation:
     timings_ms: dict[str, float]
     fallback: str | None = None
     degraded: dict[str, str] = field(default_factory=dict)
+    variant: str | None = None
 
 
 class Engine:
@@ -176,21 +183,28 @@ class Engine:
         )
         result: ItemList | None = None
         fallback_reason: str | None = None
+        variant: str | None = None
         if not consent:
             fallback_reason = "no personalisation consent"
         elif query.user is None and len(query.history) == 0:
             fallback_reason = "cold start: no history"
         else:
-            result, fallback_reason = self._personalised(query, k, start, timings, degraded)
+            result, fallback_reason, variant = self._personalised(
+                query, k, start, timings, degraded
+            )
+        stage_start = time.perf_counter()
+        if result is None and self.decision is not None:
+            # the decision stage serves its own fallback list under rules and diversity
+            result, variant = self._decide(query, None, k, degraded)
         if result is None or len(result) < k:
-            stage_start = time.perf_counter()
             filler = self._fallback(query, k, degraded)
-            timings["fallback"] = _ms(stage_start)
             if result is None:
                 result = filler
             else:
                 fallback_reason = fallback_reason or f"only {len(result)} personalised items"
                 result = _append_unique(result, filler, k)
+        if fallback_reason is not None:
+            timings["fallback"] = _ms(stage_start)
         timings["total"] = _ms(start)
         return Recommendation(
             items=self.items.to_ids(result.items),
@@ -199,6 +213,7 @@ class Engine:
             timings_ms=timings,
             fallback=fallback_reason,
             degraded=degraded,
+            variant=variant,
         )
 
     # ------------------------------------------------------------------ stages
@@ -246,14 +261,14 @@ class Engine:
         start: float,
         timings: dict[str, float],
         degraded: dict[str, str],
-    ) -> tuple[ItemList | None, str | None]:
+    ) -> tuple[ItemList | None, str | None, str | None]:
         stage_start = time.perf_counter()
         try:
             candidates = self.retriever(query, self.config.candidates)
         except Exception as exc:  # noqa: BLE001 - degrade, never 5xx
             log.warning("retrieval failed: %s", exc)
             timings["retrieval"] = _ms(stage_start)
-            return None, f"retrieval failed: {type(exc).__name__}: {exc}"
+            return None, f"retrieval failed: {type(exc).__name__}: {exc}", None
         timings["retrieval"] = _ms(stage_start)
         if self.ranker is not None:
             if _ms(start) > self.config.budget_ms:
@@ -268,16 +283,27 @@ class Engine:
                 timings["ranking"] = _ms(stage_start)
         stage_start = time.perf_counter()
         if self.decision is not None:
-            try:
-                slate = self.decision(query, candidates, k)
-            except Exception as exc:  # noqa: BLE001 - top-k of the ranked list instead
-                log.warning("decision failed: %s", exc)
-                degraded["decision"] = f"failed, top-k shown: {exc}"
-                slate = candidates.head(k)
+            slate, variant = self._decide(query, candidates, k, degraded)
         else:
-            slate = candidates.head(k)
+            slate, variant = candidates.head(k), None
         timings["decision"] = _ms(stage_start)
-        return slate, None
+        return slate if slate is not None else candidates.head(k), None, variant
+
+    def _decide(
+        self, query: Query, candidates: ItemList | None, k: int, degraded: dict[str, str]
+    ) -> tuple[ItemList | None, str | None]:
+        assert self.decision is not None
+        try:
+            decided = self.decision(query, candidates, k)
+        except Exception as exc:  # noqa: BLE001 - top-k of the ranked list instead
+            log.warning("decision failed: %s", exc)
+            degraded["decision"] = f"failed, top-k shown: {exc}"
+            return (None if candidates is None else candidates.head(k)), None
+        if isinstance(decided, ItemList):
+            return decided, None
+        for reason in getattr(decided, "reasons", []) or []:
+            degraded.setdefault("decision", reason)
+        return decided.slate, getattr(decided, "variant", None)
 
     def _fallback(self, query: Query, k: int, degraded: dict[str, str]) -> ItemList:
         try:
