@@ -84,6 +84,72 @@ def bench_quality(
     typer.echo(f"\nwrote {out / 'quality.json'} and {out / 'quality.md'}")
 
 
+@bench_app.command("freshness")
+def bench_freshness(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="Repeatable; default ml-100k and ml-latest-small."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "freshness",
+    test_fraction: Annotated[float, typer.Option(help="Last share of events replayed.")] = 0.1,
+    max_events: Annotated[int | None, typer.Option(help="Replay only N test events.")] = None,
+    throughput_events: Annotated[int, typer.Option(help="Events ingested for events/s.")] = 100_000,
+    latency_samples: Annotated[int, typer.Option(help="Single events timed for latency.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Events per ingest call.")] = 500,
+    redis: Annotated[bool, typer.Option(help="Also measure a local redis-server.")] = True,
+    replay: Annotated[bool, typer.Option(help="Run the replay tables (else ingest only).")] = True,
+) -> None:
+    """Batch vs session vs real-time profiles (same model) + ingest throughput and latency."""
+    from recsys.evaluation.replay import FreshnessConfig, freshness_table, run_freshness
+
+    try:
+        config = FreshnessConfig(test_fraction=test_fraction, max_events=max_events)
+        report = run_freshness(
+            dataset or ["ml-100k", "ml-latest-small"],
+            out,
+            config,
+            throughput_events=throughput_events,
+            latency_samples=latency_samples,
+            batch_size=batch_size,
+            redis=redis,
+            replay=replay,
+        )
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(freshness_table(report))
+    typer.echo(f"\nwrote {out / 'freshness.json'} and {out / 'freshness.md'}")
+
+
+@bench_app.command("decision")
+def bench_decision(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="Repeatable; default ml-100k and ml-latest-small."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "decision",
+    lam: Annotated[
+        list[float] | None, typer.Option("--lam", help="Trade-off weights (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+    latency_repeats: Annotated[int, typer.Option(help="Timed calls per component.")] = 2000,
+) -> None:
+    """MMR/DPP accuracy-diversity trade-off, cold start, OPE check, per-component latency."""
+    from recsys.decision.bench import DEFAULT_LAMBDAS, decision_table, run_decision_bench
+
+    try:
+        report = run_decision_bench(
+            out,
+            datasets=dataset or ["ml-100k", "ml-latest-small"],
+            lambdas=lam or DEFAULT_LAMBDAS,
+            seed=seed,
+            latency_repeats=latency_repeats,
+        )
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(decision_table(report))
+    typer.echo(f"\nwrote {out / 'decision.json'} and {out / 'decision.md'}")
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "demo",
