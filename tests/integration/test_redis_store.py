@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recsys.data import SyntheticConfig, generate
-from recsys.features.definitions import FeatureConfig, ItemCatalog
+from recsys.features.definitions import FeatureConfig, ItemInfoCatalog
 from recsys.features.events import EventLog, events_from_frame
 from recsys.features.ingest import Ingestor, replay
 from recsys.features.redis_local import (
@@ -33,7 +33,7 @@ def server():
 @pytest.fixture(scope="module")
 def data():
     dataset = generate(SyntheticConfig(n_users=40, n_items=50, seed=21))
-    return dataset, ItemCatalog.from_dataset(dataset), events_from_frame(dataset.interactions)
+    return dataset, ItemInfoCatalog.from_dataset(dataset), events_from_frame(dataset.interactions)
 
 
 @pytest.fixture

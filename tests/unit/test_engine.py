@@ -154,3 +154,33 @@ def test_engine_with_the_decision_pipeline(parts) -> None:
     private = engine.recommend(user_id="u1", history=_history(split, 1), consent=False, k=5)
     assert private.fallback == "no personalisation consent"
     assert pipeline.log.records[-1].user is None
+
+
+def test_fresh_events_reach_the_next_recommendation(parts, tmp_path) -> None:
+    from recsys.data import histories
+    from recsys.features import EventLog, Ingestor, InProcessStore, ItemInfoCatalog
+    from recsys.serving.profiles import store_profiles
+
+    split = parts[0]
+    data = split.dataset
+    store = InProcessStore(ItemInfoCatalog.from_dataset(data))
+    ingestor = Ingestor(store, EventLog(tmp_path / "events"))
+    engine = _engine(
+        parts,
+        profiles=store_profiles(
+            store, data.item_index, data.user_index, histories(split.train, data.n_users)
+        ),
+    )
+    user_id = data.user_index.ids[5]
+    before = engine.recommend(user_id=user_id, k=10)
+    clicked = before.items[:3]
+    result = ingestor.ingest(
+        [
+            {"user_id": user_id, "item_id": item, "timestamp": 1.7e9 + i}
+            for i, item in enumerate(clicked)
+        ]
+    )
+    assert result.accepted == 3
+    after = engine.recommend(user_id=user_id, k=10)
+    assert not set(after.items) & set(clicked)  # consumed items are not shown again
+    assert after.items != before.items

@@ -11,8 +11,8 @@ from recsys.data import IdIndex, SyntheticConfig, generate
 from recsys.features.definitions import (
     FEATURES,
     FeatureConfig,
-    ItemCatalog,
     ItemInfo,
+    ItemInfoCatalog,
     UserState,
     feature_names,
     fold_user,
@@ -30,7 +30,7 @@ from recsys.features.store import (
 )
 
 DAY = 86400.0
-CATALOG = ItemCatalog(
+CATALOG = ItemInfoCatalog(
     {
         "a": ItemInfo(("Action",), 1990.0),
         "b": ItemInfo(("Comedy",), 2000.0),
@@ -140,7 +140,7 @@ def test_decayed_genre_counts_match_the_closed_form(span_days):
 def test_offline_builder_and_online_store_compute_the_same_features(synthetic):
     """The training/serving agreement: one fold, two paths, identical values."""
     events = events_from_frame(synthetic.interactions)
-    catalog = ItemCatalog.from_dataset(synthetic)
+    catalog = ItemInfoCatalog.from_dataset(synthetic)
     cutoff = float(synthetic.interactions["timestamp"].quantile(0.7))
     offline = build_offline_features(
         synthetic.interactions, cutoff, catalog, item_ids=synthetic.item_index.ids
@@ -167,7 +167,7 @@ def test_ingest_updates_log_and_store_and_replay_rebuilds_exactly(tmp_path, synt
     events = events_from_frame(synthetic.interactions)
     rng = np.random.default_rng(1)
     arrival = rng.permutation(len(events))  # out-of-order arrivals are the hard case
-    catalog = ItemCatalog.from_dataset(synthetic)
+    catalog = ItemInfoCatalog.from_dataset(synthetic)
     live = InProcessStore(catalog)
     ingestor = Ingestor(live, EventLog(tmp_path / "log", segment_max_events=97))
     for start in range(0, len(events), 50):
@@ -183,7 +183,7 @@ def test_ingest_updates_log_and_store_and_replay_rebuilds_exactly(tmp_path, synt
 
 def test_concurrent_ingest_still_replays_to_the_live_state(tmp_path, synthetic):
     events = events_from_frame(synthetic.interactions)
-    catalog = ItemCatalog.from_dataset(synthetic)
+    catalog = ItemInfoCatalog.from_dataset(synthetic)
     live = InProcessStore(catalog)
     ingestor = Ingestor(live, EventLog(tmp_path))
     chunks = [events[i : i + 7] for i in range(0, len(events), 7)]
@@ -271,7 +271,7 @@ def test_store_failure_degrades_reads_and_keeps_events_durable(tmp_path):
 
 
 def test_a_failed_store_serves_offline_features_and_says_so(synthetic):
-    catalog = ItemCatalog.from_dataset(synthetic)
+    catalog = ItemInfoCatalog.from_dataset(synthetic)
     cutoff = float(synthetic.interactions["timestamp"].median())
     offline = build_offline_features(synthetic.interactions, cutoff, catalog)
     user = next(iter(offline.user_states))

@@ -8,11 +8,11 @@ import pytest
 
 from recsys.data import SyntheticConfig, generate
 from recsys.errors import DataError
-from recsys.features.definitions import FeatureConfig, ItemCatalog, ItemInfo
+from recsys.features.definitions import FeatureConfig, ItemInfo, ItemInfoCatalog
 from recsys.features.events import Event
 from recsys.features.offline import build_offline_features, point_in_time_features
 
-CATALOG = ItemCatalog(
+CATALOG = ItemInfoCatalog(
     {"a": ItemInfo(("Action",), 1990.0), "b": ItemInfo(("Comedy",), 2001.0), "c": ItemInfo()}
 )
 
@@ -85,7 +85,7 @@ def test_selected_features_only_and_bad_input_named():
 def test_no_leakage_on_synthetic_data_against_truncated_histories():
     data = generate(SyntheticConfig(n_users=30, n_items=40, seed=5))
     frame = data.interactions
-    catalog = ItemCatalog.from_dataset(data)
+    catalog = ItemInfoCatalog.from_dataset(data)
     rng = np.random.default_rng(0)
     labels = frame.iloc[rng.choice(len(frame), size=25, replace=False)][
         ["user_id", "item_id", "timestamp"]
@@ -102,7 +102,7 @@ def test_no_leakage_on_synthetic_data_against_truncated_histories():
 def test_point_in_time_at_the_cutoff_equals_the_offline_tables():
     data = generate(SyntheticConfig(n_users=20, n_items=30, seed=8))
     frame = data.interactions
-    catalog = ItemCatalog.from_dataset(data)
+    catalog = ItemInfoCatalog.from_dataset(data)
     cutoff = float(frame["timestamp"].median())
     offline = build_offline_features(frame, cutoff, catalog)
     users = offline.users.index[:5]

@@ -18,7 +18,7 @@ from recsys.evaluation.replay import (
     replay_freshness,
     run_freshness,
 )
-from recsys.features.definitions import FeatureConfig, ItemCatalog
+from recsys.features.definitions import FeatureConfig, ItemInfoCatalog
 from recsys.features.events import events_from_frame
 from recsys.features.ingest import Ingestor
 from recsys.features.store import InProcessStore
@@ -136,7 +136,7 @@ def test_the_realtime_profile_is_what_the_online_store_serves(synthetic_split):
     """The replay's real-time history ends with exactly the store's last-N items."""
     split = synthetic_split
     data = split.dataset
-    store = InProcessStore(ItemCatalog.from_dataset(data), FeatureConfig(recent_items=5))
+    store = InProcessStore(ItemInfoCatalog.from_dataset(data), FeatureConfig(recent_items=5))
     ingestor = Ingestor(store)
     ingestor.ingest(events_from_frame(split.train))
     test = split.test.sort_values("timestamp", kind="stable")

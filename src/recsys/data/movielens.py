@@ -94,7 +94,7 @@ def fetch_ml100k(force: bool = False) -> Path:
             frames = source()
         except ChecksumError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - each source may fail; try the next
             errors.append(f"{name}: {exc}")
             log.info("ml-100k source %s unavailable: %s", name, exc)
             continue

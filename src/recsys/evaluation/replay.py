@@ -316,7 +316,7 @@ def run_freshness(
     """
     from recsys.data import load_dataset
     from recsys.evaluation.bench import package_versions
-    from recsys.features.definitions import ItemCatalog
+    from recsys.features.definitions import ItemInfoCatalog
     from recsys.features.events import events_from_frame
     from recsys.features.ingest import benchmark_ingest
     from recsys.features.store import InProcessStore, OnlineStore, RedisStore
@@ -358,7 +358,7 @@ def run_freshness(
     if first is not None:
         frame = first.interactions.sort_values("timestamp", kind="stable")
         events = events_from_frame(frame.iloc[: throughput_events + latency_samples])
-        catalog = ItemCatalog.from_dataset(first)
+        catalog = ItemInfoCatalog.from_dataset(first)
         ingest: dict[str, Any] = {"dataset": first.name, "host_load_1min": _load_average()}
 
         throughput_part = events[: max(0, len(events) - latency_samples)]

@@ -2,7 +2,7 @@
 
 The engine-facing API::
 
-    store = InProcessStore(ItemCatalog.from_dataset(data))      # or RedisStore(url, catalog)
+    store = InProcessStore(ItemInfoCatalog.from_dataset(data))      # or RedisStore(url, catalog)
     ingestor = Ingestor(store, EventLog("var/events"))          # + ConsentRegistry
     ingestor.ingest([{"user_id": "u1", "item_id": "i9", "timestamp": 1.7e9}])  # -> IngestResult
     profile = store.get_profile("u1")                           # never raises; .degraded/.reason
@@ -13,8 +13,8 @@ from recsys.features.definitions import (
     FEATURES,
     FeatureConfig,
     FeatureDef,
-    ItemCatalog,
     ItemInfo,
+    ItemInfoCatalog,
     UserState,
     feature_names,
     fold_events,
@@ -58,8 +58,8 @@ __all__ = [
     "InProcessStore",
     "IngestResult",
     "Ingestor",
-    "ItemCatalog",
     "ItemInfo",
+    "ItemInfoCatalog",
     "OfflineFeatures",
     "OnlineStore",
     "RedisStore",

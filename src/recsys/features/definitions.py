@@ -49,14 +49,14 @@ class ItemInfo:
     year: float | None = None
 
 
-class ItemCatalog:
+class ItemInfoCatalog:
     """External item id → :class:`ItemInfo` (unknown items have no genres and no year)."""
 
     def __init__(self, items: Mapping[str, ItemInfo] | None = None) -> None:
         self._items: dict[str, ItemInfo] = dict(items or {})
 
     @classmethod
-    def from_dataset(cls, dataset: Any) -> ItemCatalog:
+    def from_dataset(cls, dataset: Any) -> ItemInfoCatalog:
         """Catalog of a :class:`~recsys.data.Dataset` (its ``items`` frame)."""
         frame = dataset.items
         years = frame["year"].tolist() if "year" in frame else [None] * len(frame)
@@ -143,7 +143,9 @@ class ItemState:
     last_event_time: float | None = None
 
 
-def fold_user(state: UserState, event: Event, catalog: ItemCatalog, config: FeatureConfig) -> None:
+def fold_user(
+    state: UserState, event: Event, catalog: ItemInfoCatalog, config: FeatureConfig
+) -> None:
     """Apply one event to a user's state (in place). THE user feature computation.
 
     Events are expected in time order per user; a late event still counts (totals, decayed
@@ -211,7 +213,7 @@ def fold_item(state: ItemState, event: Event) -> None:
 
 def fold_events(
     events: Iterable[Event],
-    catalog: ItemCatalog,
+    catalog: ItemInfoCatalog,
     config: FeatureConfig,
     users: dict[str, UserState] | None = None,
     items: dict[str, ItemState] | None = None,

@@ -23,7 +23,7 @@ from recsys.errors import DataError
 from recsys.features.definitions import (
     FEATURES,
     FeatureConfig,
-    ItemCatalog,
+    ItemInfoCatalog,
     ItemState,
     UserState,
     feature_names,
@@ -63,7 +63,7 @@ def _as_events(events: pd.DataFrame | Iterable[Event]) -> list[Event]:
 def build_offline_features(
     events: pd.DataFrame | Iterable[Event],
     cutoff: float,
-    catalog: ItemCatalog,
+    catalog: ItemInfoCatalog,
     config: FeatureConfig | None = None,
     item_ids: Sequence[str] | None = None,
 ) -> OfflineFeatures:
@@ -97,7 +97,7 @@ def build_offline_features(
 def point_in_time_features(
     labels: pd.DataFrame,
     events: pd.DataFrame | Iterable[Event],
-    catalog: ItemCatalog,
+    catalog: ItemInfoCatalog,
     config: FeatureConfig | None = None,
     features: Sequence[str] | None = None,
 ) -> pd.DataFrame:

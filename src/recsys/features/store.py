@@ -40,7 +40,7 @@ from recsys.data.dataset import IdIndex
 from recsys.errors import RecsysError
 from recsys.features.definitions import (
     FeatureConfig,
-    ItemCatalog,
+    ItemInfoCatalog,
     UserState,
     fold_user,
     user_features,
@@ -175,8 +175,8 @@ class OnlineStore(ABC):
         config: Feature parameters (the same as the offline builder's).
     """
 
-    def __init__(self, catalog: ItemCatalog | None = None, config: FeatureConfig | None = None):
-        self.catalog = catalog or ItemCatalog()
+    def __init__(self, catalog: ItemInfoCatalog | None = None, config: FeatureConfig | None = None):
+        self.catalog = catalog or ItemInfoCatalog()
         self.config = config or FeatureConfig()
         self.last_error: str | None = None
 
@@ -295,7 +295,7 @@ class InProcessStore(OnlineStore):
     States are kept as objects; reads return copies so callers cannot mutate the store.
     """
 
-    def __init__(self, catalog: ItemCatalog | None = None, config: FeatureConfig | None = None):
+    def __init__(self, catalog: ItemInfoCatalog | None = None, config: FeatureConfig | None = None):
         super().__init__(catalog, config)
         self._states: dict[str, UserState] = {}
         self._lock = threading.Lock()
@@ -361,7 +361,7 @@ class RedisStore(OnlineStore):
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
-        catalog: ItemCatalog | None = None,
+        catalog: ItemInfoCatalog | None = None,
         config: FeatureConfig | None = None,
         prefix: str = "recsys:",
         key_ttl_seconds: int | None = 30 * 86400,
