@@ -155,13 +155,17 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "demo",
 ) -> None:
     """The main job end to end on real data: fetch ML-100K, benchmark both protocols."""
+    from recsys.data import load_ml100k, random_split
     from recsys.data.movielens import fetch_ml100k
     from recsys.evaluation.bench import quality_table, run_quality
+    from recsys.serving.walkthrough import engine_walkthrough, format_walkthrough
 
     typer.echo(f"ML-100K: {fetch_ml100k()}")
     for protocol in ("random", "temporal"):
         report = run_quality("ml-100k", protocol, out / f"ml-100k-{protocol}")
         typer.echo("\n" + quality_table(report))
+    walk = engine_walkthrough(random_split(load_ml100k(), seed=2020), out)
+    typer.echo("\n" + format_walkthrough(walk))
     typer.echo(f"\nresults under {out}/")
 
 

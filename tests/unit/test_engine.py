@@ -184,3 +184,22 @@ def test_fresh_events_reach_the_next_recommendation(parts, tmp_path) -> None:
     after = engine.recommend(user_id=user_id, k=10)
     assert not set(after.items) & set(clicked)  # consumed items are not shown again
     assert after.items != before.items
+
+
+def test_build_engine_ingests_and_reports_stage_latency(parts, tmp_path) -> None:
+    from recsys.serving import build_engine, stage_latency
+
+    split = parts[0]
+    engine = build_engine(split, retriever=parts[1], event_log_dir=tmp_path / "log")
+    result = engine.ingest(
+        [
+            {"user_id": "u1", "item_id": "i3", "timestamp": 1.7e9},
+            {"user_id": "u1", "item_id": "i4", "timestamp": "yesterday"},
+        ]
+    )
+    assert result.accepted == 1
+    assert len(result.rejected) == 1 and "timestamp" in result.rejected[0].reason
+    latency = stage_latency(engine, list(split.dataset.user_index.ids[:20]))
+    assert latency["requests"] == 20
+    assert {"profile", "retrieval", "decision", "total"} <= set(latency["stages_ms"])
+    assert "i3" not in engine.recommend(user_id="u1", k=20).items

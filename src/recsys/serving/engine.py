@@ -122,7 +122,9 @@ class Engine:
         decision: Optional decision pipeline (rules → diversity → exploration).
         profiles: Optional ``user_id -> Profile`` (online feature store); without it the
             request's own history is the profile.
+        users: External ↔ dense user ids (models with user embeddings need the index).
         config: Request-path settings.
+        ingestor: Optional ``recsys.features.Ingestor`` behind :meth:`ingest`.
 
     Example:
         >>> engine = Engine(items, retriever=EASE().fit(split), fallback=popularity)
@@ -139,6 +141,7 @@ class Engine:
         profiles: ProfileSource | None = None,
         users: IdIndex | None = None,
         config: EngineConfig | None = None,
+        ingestor: Any = None,
     ) -> None:
         self.items = items
         self.users = users
@@ -148,6 +151,17 @@ class Engine:
         self.decision = decision
         self.profiles = profiles
         self.config = config or EngineConfig()
+        self.ingestor = ingestor
+
+    def ingest(self, events: Any) -> Any:
+        """Validate, log and apply user events (``recsys.features.Ingestor.ingest``).
+
+        Raises:
+            RuntimeError: The engine was built without an ingestor (no event log).
+        """
+        if self.ingestor is None:
+            raise RuntimeError("this engine has no ingestor: build it with an event log")
+        return self.ingestor.ingest(events)
 
     def recommend(
         self,
