@@ -28,8 +28,6 @@ from recsys.features.definitions import (
     UserState,
     feature_names,
     fold_events,
-    fold_item,
-    fold_user,
     item_features,
     user_features,
 )
@@ -141,15 +139,7 @@ def point_in_time_features(
         t = label_times[position]
         # apply every event strictly before t (events at t itself stay out)
         while cursor < len(history) and history[cursor].timestamp < t:
-            event = history[cursor]
-            user = users.get(event.user_id)
-            if user is None:
-                user = users[event.user_id] = UserState(event.user_id)
-            fold_user(user, event, catalog, config)
-            item = items.get(event.item_id)
-            if item is None:
-                item = items[event.item_id] = ItemState(event.item_id)
-            fold_item(item, event)
+            fold_events((history[cursor],), catalog, config, users, items)
             cursor += 1
         user_id, item_id = label_users[position], label_items[position]
         row = rows[position]
