@@ -20,6 +20,11 @@ bench_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(
+    help="Train a neural stage and save it to a directory (load never retrains).",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
 
 DEFAULT_BENCH_DIR = Path("experiments/bench")
 
@@ -148,6 +153,72 @@ def bench_decision(
         _fail(exc)
     typer.echo(decision_table(report))
     typer.echo(f"\nwrote {out / 'decision.json'} and {out / 'decision.md'}")
+
+
+def _train_split(dataset: str, protocol: str, seed: int):
+    from recsys.data import load_dataset, make_split
+
+    return make_split(load_dataset(dataset), protocol, seed=seed)
+
+
+@train_app.command("two-tower")
+def train_two_tower(
+    out: Annotated[Path, typer.Option(help="Directory for the trained retriever.")],
+    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = (
+        "ml-100k"
+    ),
+    protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+    config: Annotated[str | None, typer.Option(help="TwoTowerConfig overrides as JSON.")] = None,
+) -> None:
+    """Train the two-tower retriever (early stopping on validation) and save it."""
+    from recsys.evaluation.protocol import evaluate
+    from recsys.retrieval.two_tower import TwoTowerConfig, TwoTowerRetriever
+    from recsys.retrieval.two_tower.bench import retriever_config
+
+    try:
+        split = _train_split(dataset, protocol, seed)
+        base = retriever_config(dataset).model_dump()
+        cfg = TwoTowerConfig.model_validate({**base, **json.loads(config or "{}")})
+        model = TwoTowerRetriever(cfg).fit(split)
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    model.save(out)
+    metrics = evaluate(model.score, split, stage="valid")
+    typer.echo(json.dumps({"valid": metrics, **model.bench_info()}, indent=2, default=float))
+    typer.echo(f"saved to {out}")
+
+
+@train_app.command("two-stage")
+def train_two_stage(
+    out: Annotated[Path, typer.Option(help="Directory for the trained two-stage model.")],
+    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = (
+        "ml-100k"
+    ),
+    protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+    retriever: Annotated[
+        Path | None, typer.Option(help="A trained two-tower directory to reuse.")
+    ] = None,
+) -> None:
+    """Train two-tower + ranker (the ranker on validation candidates) and save both."""
+    from recsys.ranking.two_stage import TwoStageConfig, TwoStageRecommender
+    from recsys.retrieval.base import Recommender
+    from recsys.retrieval.two_tower.bench import ranker_config, retriever_config
+
+    try:
+        split = _train_split(dataset, protocol, seed)
+        trained = Recommender.load(retriever) if retriever else None
+        cfg = TwoStageConfig(
+            retriever=trained.config if trained else retriever_config(dataset),
+            ranker=ranker_config(dataset),
+        )
+        model = TwoStageRecommender(cfg, trained_retriever=trained).fit(split)  # type: ignore[arg-type]
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    model.save(out)
+    typer.echo(json.dumps(model.bench_info(), indent=2, default=float))
+    typer.echo(f"saved to {out}")
 
 
 @app.command("demo")

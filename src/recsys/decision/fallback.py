@@ -28,29 +28,12 @@ import pandas as pd
 from pydantic import Field
 
 from recsys.config import ComponentConfig
+from recsys.data.context import age_band
 from recsys.decision.base import check_k, context_value
 from recsys.errors import NotFittedError
 from recsys.types import ItemList, Query
 
 log = logging.getLogger(__name__)
-
-AGE_BANDS: tuple[tuple[int, str], ...] = (
-    (18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"),
-)  # fmt: skip
-
-
-def age_band(age: Any) -> str | None:
-    """MovieLens-1M style age band of an age in years (``None`` when unknown)."""
-    try:
-        years = float(age)
-    except (TypeError, ValueError):
-        return None
-    if np.isnan(years):
-        return None
-    for upper, label in AGE_BANDS:
-        if years < upper:
-            return label
-    return "56+"
 
 
 def derive_context(context: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,1 +1,18 @@
-"""Ranking stage (see ../shared/GUIDE.md)."""
+"""Ranking stage: per-candidate features, a DCN-v2 ranker, and the two-stage recommender.
+
+``recsys.ranking.two_stage`` (the retriever + ranker :class:`Recommender`) imports the
+two-tower retriever; import it from there.
+"""
+
+from recsys.ranking.features import CandidateFeatureConfig, CandidateFeaturizer
+from recsys.ranking.model import DCNRanker
+from recsys.ranking.ranker import Ranker, RankerConfig, retrieve_candidates
+
+__all__ = [
+    "CandidateFeatureConfig",
+    "CandidateFeaturizer",
+    "DCNRanker",
+    "Ranker",
+    "RankerConfig",
+    "retrieve_candidates",
+]

@@ -1,0 +1,396 @@
+"""Ranking component and the two-stage recommender (retrieve ~100 → rank them).
+
+The ranker is trained on the retriever's candidates for the *validation* interactions: for each
+validation user the profile is the training history, the candidates are the retriever's top-N
+unseen items, and the positives are that user's validation items. Test interactions are never
+read. Training uses a listwise softmax over each user's candidates (one logit per candidate);
+a fraction of the validation users is held out for early stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, Self
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from recsys.config import ComponentConfig
+from recsys.data.dataset import interaction_matrix
+from recsys.data.splits import Split
+from recsys.errors import NotFittedError
+from recsys.ranking.features import CandidateFeatureConfig, CandidateFeaturizer
+from recsys.ranking.model import DCNRanker
+from recsys.retrieval.two_tower.runtime import with_config_threads
+from recsys.types import FloatArray, IntArray, ItemList, Query, top_k_indices
+
+log = logging.getLogger(__name__)
+
+
+class CandidateSource(Protocol):
+    """What the ranker needs from a retriever."""
+
+    n_items: int | None
+
+    def score(self, queries: Sequence[Query]) -> FloatArray:
+        """(B, n_items) retrieval scores."""
+
+
+class RankerConfig(ComponentConfig):
+    """Hyper-parameters of the ranker (chosen on validation users, never on test)."""
+
+    candidates: int = Field(100, ge=1, le=100_000, description="Candidates ranked per query.")
+    features: CandidateFeatureConfig = Field(default_factory=CandidateFeatureConfig)
+    use_id_embeddings: bool = Field(False, description="Learn user/item id embeddings.")
+    embedding_dim: int = Field(8, ge=1, le=512)
+    cross_layers: int = Field(2, ge=0, le=16)
+    low_rank: int = Field(8, ge=1, le=256)
+    hidden: tuple[int, ...] = Field((64, 32), description="MLP widths after the cross net.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    loss: Literal["listwise", "bce"] = Field("listwise")
+    epochs: int = Field(60, ge=1, le=10_000)
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=100_000, description="Candidate lists per step.")
+    folds: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description=(
+            "K-fold bagging over validation users: model k trains on the other folds and "
+            "early-stops on fold k; the ranker averages the K models. The out-of-fold NDCG is "
+            "a clean validation estimate. 1 = one model trained for `epochs`, no early stop."
+        ),
+    )
+    patience: int = Field(8, ge=0, le=1000)
+    seed: int = Field(7, ge=0)
+    device: str = Field("cpu")
+    num_threads: int | None = Field(1, ge=1, le=1024, description="torch CPU threads.")
+    progress: bool = Field(False)
+
+
+def retrieve_candidates(
+    scores: FloatArray, queries: Sequence[Query], n: int
+) -> tuple[IntArray, FloatArray]:
+    """Top-``n`` items per row of ``scores`` excluding each query's history and exclusions."""
+    masked = np.array(scores, dtype=np.float32, copy=True)
+    for i, q in enumerate(queries):
+        drop = np.concatenate([q.history, q.exclude])
+        drop = drop[(drop >= 0) & (drop < masked.shape[1])]
+        masked[i, drop] = -np.inf
+    cand = top_k_indices(masked, n)
+    return cand, np.take_along_axis(np.asarray(scores, np.float32), cand, axis=1)
+
+
+def ndcg_at(ranked_hits: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> float:
+    """Mean NDCG@k of (B, ≥k) hit matrices with ``n_relevant`` positives per row."""
+    hits = ranked_hits[:, :k].astype(np.float64)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits * disc[: hits.shape[1]]).sum(axis=1)
+    ideal = np.array([disc[: min(int(r), k)].sum() for r in n_relevant])
+    ok = ideal > 0
+    return float((dcg[ok] / ideal[ok]).mean()) if ok.any() else 0.0
+
+
+class Ranker:
+    """Scores each retrieved candidate; ``ranker(query, items) -> ItemList`` re-sorted."""
+
+    def __init__(self, config: RankerConfig | None = None, **overrides: Any) -> None:
+        base = config or RankerConfig()
+        self.config = RankerConfig.model_validate({**base.model_dump(), **overrides})
+        self.featurizer: CandidateFeaturizer | None = None
+        self.models: list[DCNRanker] = []
+        self.n_users = 0
+        self.n_items = 0
+        self.history: list[dict[str, float]] = []
+        self.best_epoch = 0
+        self.train_seconds = 0.0
+        # no validation interactions to learn from: keep the retrieval order
+        self.passthrough = False
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def model(self) -> DCNRanker | None:
+        """The first bagged model (``None`` before training)."""
+        return self.models[0] if self.models else None
+
+    def _build(self, index: int = 0) -> DCNRanker:
+        c = self.config
+        torch.manual_seed(c.seed + 1000 * index)
+        return DCNRanker(
+            n_dense=len(self.featurizer.names) if self.featurizer else 0,
+            n_users=self.n_users + 1 if c.use_id_embeddings else 0,
+            n_items=self.n_items if c.use_id_embeddings else 0,
+            embedding_dim=c.embedding_dim,
+            cross_layers=c.cross_layers,
+            low_rank=c.low_rank,
+            hidden=tuple(c.hidden),
+            dropout=c.dropout,
+        ).to(torch.device(c.device))
+
+    def training_lists(
+        self, split: Split, retriever: CandidateSource
+    ) -> tuple[list[Query], IntArray, FloatArray, np.ndarray, np.ndarray]:
+        """Validation users' (queries, candidates, retrieval scores, labels, n_relevant)."""
+        from recsys.evaluation.protocol import build_queries
+
+        users = split.target_users("valid")
+        queries = build_queries(split, users)
+        cands, scores = [], []
+        for start in range(0, len(queries), 256):
+            batch = queries[start : start + 256]
+            cand, sc = retrieve_candidates(retriever.score(batch), batch, self.config.candidates)
+            cands.append(cand)
+            scores.append(sc)
+        width = min(self.config.candidates, split.dataset.n_items)
+        cand = np.concatenate([np.zeros((0, width), dtype=np.int64), *cands])
+        score = np.concatenate([np.zeros((0, width), dtype=np.float32), *scores])
+        valid = interaction_matrix(split.valid, split.dataset.n_users, split.dataset.n_items)
+        valid = valid[users]
+        labels = np.asarray(valid[np.arange(len(users))[:, None], cand].todense()) > 0
+        n_rel = np.diff(valid.indptr)
+        return queries, cand, score, labels, n_rel
+
+    @with_config_threads
+    def fit(
+        self, split: Split, retriever: CandidateSource, item_vectors: FloatArray | None = None
+    ) -> Self:
+        """Fit features on train and the model on the retriever's validation candidates."""
+        start_time = time.perf_counter()
+        c = self.config
+        self.n_users, self.n_items = split.dataset.n_users, split.dataset.n_items
+        self.featurizer = CandidateFeaturizer(c.features).fit(split, item_vectors)
+        queries, cand, score, labels, n_rel = self.training_lists(split, retriever)
+        n_feat = len(self.featurizer.names)
+        dense = np.concatenate(
+            [np.zeros((0, cand.shape[1], n_feat), dtype=np.float32)]
+            + [
+                self.featurizer.transform(
+                    queries[s : s + 256], cand[s : s + 256], score[s : s + 256]
+                )
+                for s in range(0, len(queries), 256)
+            ]
+        )
+        slots = np.asarray([q.user + 1 for q in queries], dtype=np.int64)
+        self.candidate_recall = float(labels.sum() / max(1, n_rel.sum()))
+        self.passthrough = int(labels.sum()) == 0
+        if self.passthrough:
+            log.warning(
+                "ranker: no validation positives among the candidates; keeping the retrieval order"
+            )
+            self.models = [self._build()]
+            self.train_seconds = time.perf_counter() - start_time
+            return self
+        rng = np.random.default_rng(c.seed)
+        order = rng.permutation(len(queries))
+        k = min(c.folds, len(queries))
+        self.models = []
+        if k < 2:
+            model = self._build(0)
+            self._train(model, dense, cand, slots, labels, n_rel, order, None, c.epochs)
+            self.models.append(model)
+        else:
+            oob = np.zeros(labels.shape, dtype=np.float32)
+            epochs = []
+            for fold, hold in enumerate(np.array_split(order, k)):
+                fit_rows = np.setdiff1d(order, hold)
+                model = self._build(fold)
+                best_epoch = self._train(
+                    model, dense, cand, slots, labels, n_rel, fit_rows, hold, c.epochs
+                )
+                self.models.append(model)
+                epochs.append(best_epoch)
+                oob[hold] = self._logits(dense[hold], slots[hold], cand[hold], [model])
+            order_oob = np.argsort(-oob, axis=1, kind="stable")
+            self.holdout_ndcg = ndcg_at(np.take_along_axis(labels, order_oob, axis=1), n_rel)
+            self.holdout_retrieval_ndcg = ndcg_at(labels, n_rel)
+            self.best_epoch = int(np.median(epochs))
+            log.info(
+                "ranker out-of-fold ndcg@10 %.4f (retrieval order %.4f), epochs %s",
+                self.holdout_ndcg,
+                self.holdout_retrieval_ndcg,
+                epochs,
+            )
+        self.train_seconds = time.perf_counter() - start_time
+        return self
+
+    def _train(
+        self,
+        model: DCNRanker,
+        dense: FloatArray,
+        cand: IntArray,
+        slots: IntArray,
+        labels: np.ndarray,
+        n_rel: np.ndarray,
+        rows: IntArray,
+        hold: IntArray | None,
+        epochs: int,
+    ) -> int:
+        """Train ``model`` on ``rows``; with ``hold``, early-stop on it and keep the best."""
+        c = self.config
+        device = torch.device(c.device)
+        rows = rows[labels[rows].sum(axis=1) > 0]  # lists without positives teach nothing
+        opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        rng = np.random.default_rng(c.seed + 1)
+        best, best_state, best_epoch, bad = -1.0, None, epochs, 0
+        dense_t = torch.from_numpy(dense)
+        labels_t = torch.from_numpy(labels.astype(np.float32))
+        for epoch in tqdm(range(1, epochs + 1), desc="ranker", disable=not c.progress):
+            model.train()
+            perm = rng.permutation(rows)
+            for s in range(0, len(perm), c.batch_size):
+                idx = perm[s : s + c.batch_size]
+                if len(idx) < 2:
+                    continue
+                logits = model(dense_t[idx].to(device), self._ids(slots[idx], cand[idx]))
+                y = labels_t[idx].to(device)
+                if c.loss == "listwise":
+                    logp = torch.log_softmax(logits, dim=1)
+                    loss = (-(logp * y).sum(1) / y.sum(1).clamp(min=1.0)).mean()
+                else:
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if hold is None:
+                continue
+            logits_h = self._logits(dense[hold], slots[hold], cand[hold], [model])
+            order = np.argsort(-logits_h, axis=1, kind="stable")
+            ndcg = ndcg_at(np.take_along_axis(labels[hold], order, axis=1), n_rel[hold])
+            self.history.append({"epoch": epoch, "holdout_ndcg@10": ndcg})
+            if ndcg > best:
+                best, best_epoch, bad = ndcg, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad > c.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        return best_epoch
+
+    def _ids(self, slots: IntArray, cand: IntArray) -> Any:
+        if not self.config.use_id_embeddings:
+            return None
+        return DCNRanker.id_features(torch.from_numpy(slots), torch.from_numpy(cand)).to(
+            torch.device(self.config.device)
+        )
+
+    @torch.no_grad()
+    def _logits(
+        self,
+        dense: FloatArray,
+        slots: IntArray,
+        cand: IntArray,
+        models: Sequence[DCNRanker] | None = None,
+    ) -> FloatArray:
+        """(B, C) logits averaged over ``models`` (default: every bagged model)."""
+        models = list(models) if models is not None else self.models
+        device = torch.device(self.config.device)
+        x = torch.from_numpy(dense).to(device)
+        ids = self._ids(slots, cand)
+        total = torch.zeros(dense.shape[:2])
+        for model in models:
+            model.eval()
+            total += model(x, ids).cpu()
+        return (total / max(1, len(models))).numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ inference
+    @with_config_threads
+    def score_candidates(
+        self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray
+    ) -> FloatArray:
+        """(B, C) ranker logits of each query's candidates."""
+        if self.model is None or self.featurizer is None:
+            raise NotFittedError("Ranker is not trained: call fit() or load()")
+        if self.passthrough:
+            return np.asarray(retrieval_scores, dtype=np.float32)
+        dense = self.featurizer.transform(queries, candidates, retrieval_scores)
+        slots = np.asarray(
+            [
+                q.user + 1 if q.user is not None and 0 <= q.user < self.n_users else 0
+                for q in queries
+            ],
+            dtype=np.int64,
+        )
+        return self._logits(dense, slots, np.asarray(candidates, dtype=np.int64))
+
+    def __call__(self, query: Query, items: ItemList) -> ItemList:
+        """Re-score and re-sort retrieved ``items`` (their scores are the retrieval scores)."""
+        if len(items) == 0:
+            return items
+        logits = self.score_candidates([query], items.items[None, :], items.scores[None, :])[0]
+        order = np.lexsort((np.arange(len(logits)), -logits))
+        return ItemList(items.items[order], logits[order])
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the trained ranker (with its config)."""
+        if not self.models or self.featurizer is None:
+            raise NotFittedError("Ranker is not trained: call fit() or load()")
+        out = {f"feat.{k}": np.asarray(v) for k, v in self.featurizer.state().items()}
+        for i, model in enumerate(self.models):
+            out.update(
+                {f"model{i}.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+            )
+        out["meta_json"] = np.frombuffer(
+            json.dumps(
+                {
+                    "n_users": self.n_users,
+                    "n_items": self.n_items,
+                    "best_epoch": self.best_epoch,
+                    "passthrough": self.passthrough,
+                    "n_models": len(self.models),
+                    "history": self.history,
+                    "config": self.config.model_dump(mode="json"),
+                }
+            ).encode(),
+            dtype=np.uint8,
+        )
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> Ranker:
+        """Inverse of :meth:`state`."""
+        meta = json.loads(bytes(state["meta_json"]).decode())
+        out = cls(RankerConfig.model_validate(meta["config"]))
+        out.n_users, out.n_items = int(meta["n_users"]), int(meta["n_items"])
+        out.best_epoch, out.history = int(meta["best_epoch"]), meta["history"]
+        out.passthrough = bool(meta.get("passthrough", False))
+        out.featurizer = CandidateFeaturizer.from_state(
+            out.config.features,
+            {k[len("feat.") :]: v for k, v in state.items() if k.startswith("feat.")},
+        )
+        out.models = []
+        for i in range(int(meta.get("n_models", 1))):
+            model = out._build(i)
+            prefix = f"model{i}."
+            model.load_state_dict(
+                {
+                    k[len(prefix) :]: torch.from_numpy(np.array(v))
+                    for k, v in state.items()
+                    if k.startswith(prefix)
+                }
+            )
+            out.models.append(model)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the ranker (config inside) to ``path/ranker.npz``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.savez(path / "ranker.npz", **self.state())
+        (path / "ranker.json").write_text(self.config.model_dump_json(indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ranker:
+        """Read a ranker written by :meth:`save` (never retrains)."""
+        with np.load(Path(path) / "ranker.npz", allow_pickle=False) as state:
+            return cls.from_state({k: state[k] for k in state.files})
