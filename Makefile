@@ -33,12 +33,12 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks bentos
-	$(VENV)/bin/ruff format --check src tests benchmarks bentos
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks bentos
-	$(VENV)/bin/ruff format src tests benchmarks bentos
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
 
 clean-venv:
 	rm -rf $(VENV)
