@@ -112,14 +112,10 @@ def quality_models() -> list[BenchModel]:
 
 
 def _extra_models() -> list[BenchModel]:
-    """Neural models registered by other stages (imported lazily: torch is heavy)."""
-    extra: list[BenchModel] = []
-    try:
-        from recsys.retrieval.two_tower.bench import bench_models  # type: ignore[import-not-found]
-    except ImportError:
-        return extra
-    extra.extend(bench_models())
-    return extra
+    """Neural models registered in code (imported here, not at module load: torch is heavy)."""
+    from recsys.retrieval.two_tower.bench import bench_models
+
+    return list(bench_models())
 
 
 def package_versions() -> dict[str, str]:

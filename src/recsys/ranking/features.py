@@ -31,6 +31,7 @@ from pydantic import Field
 from recsys.config import ComponentConfig
 from recsys.data.splits import Split
 from recsys.retrieval.base import history_matrix
+from recsys.retrieval.baselines import cosine_knn, ease_weights, item_gram
 from recsys.types import FloatArray, IntArray, Query
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -129,25 +130,12 @@ class CandidateFeaturizer:
         data = split.dataset
         n = self.n_items = data.n_items
         matrix = split.train_matrix()
-        gram = (matrix.T @ matrix).toarray().astype(np.float64)
+        gram = item_gram(matrix)
         if 0 < n <= c.max_ease_items:
-            g = gram.copy()
-            g[np.diag_indices_from(g)] += c.ease_l2
-            inv = np.linalg.inv(g)
-            w = inv / (-np.diag(inv))
-            np.fill_diagonal(w, 0.0)
-            self.ease = w.astype(np.float32)
-            del g, inv, w
+            self.ease = ease_weights(gram, c.ease_l2)
         counts = np.diag(gram).copy()
-        norms = np.sqrt(counts)
-        sim = gram / (np.outer(norms, norms) + 1e-12)
-        np.fill_diagonal(sim, 0.0)
-        k = min(c.knn_neighbors, n - 1)
-        if 0 < k < n:
-            drop = np.argpartition(-sim, k, axis=0)[k:, :]
-            np.put_along_axis(sim, drop, 0.0, axis=0)
-        self.knn = sp.csr_matrix(sim.astype(np.float32))
-        del gram, sim
+        self.knn = cosine_knn(gram, c.knn_neighbors)
+        del gram
         train = split.train
         ts = train["timestamp"].to_numpy(np.float64)
         items = train["item"].to_numpy(np.int64)

@@ -25,6 +25,7 @@ from recsys.config import ComponentConfig
 from recsys.data.dataset import interaction_matrix
 from recsys.data.splits import Split
 from recsys.errors import NotFittedError
+from recsys.evaluation import metrics
 from recsys.ranking.features import CandidateFeatureConfig, CandidateFeaturizer
 from recsys.ranking.model import DCNRanker
 from recsys.retrieval.two_tower.runtime import with_config_threads
@@ -89,13 +90,13 @@ def retrieve_candidates(
 
 
 def ndcg_at(ranked_hits: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> float:
-    """Mean NDCG@k of (B, ≥k) hit matrices with ``n_relevant`` positives per row."""
-    hits = ranked_hits[:, :k].astype(np.float64)
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hits * disc[: hits.shape[1]]).sum(axis=1)
-    ideal = np.array([disc[: min(int(r), k)].sum() for r in n_relevant])
-    ok = ideal > 0
-    return float((dcg[ok] / ideal[ok]).mean()) if ok.any() else 0.0
+    """Mean NDCG@k of (B, ≥k) hit matrices over rows with at least one positive."""
+    n_relevant = np.asarray(n_relevant)
+    has_positive = n_relevant > 0
+    if not has_positive.any():
+        return 0.0
+    values = metrics.ndcg(np.asarray(ranked_hits, dtype=bool), n_relevant, k)
+    return float(values[has_positive].mean())
 
 
 class Ranker:

@@ -19,6 +19,38 @@ from recsys.retrieval.base import Recommender, history_matrix
 from recsys.types import FloatArray, Query
 
 
+def item_gram(matrix: sp.spmatrix) -> np.ndarray:
+    """Dense item × item co-occurrence XᵀX (float64) of a user × item matrix."""
+    return (matrix.T @ matrix).toarray().astype(np.float64)
+
+
+def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE^R's closed-form item–item weights B from the Gram matrix (diag(B) = 0)."""
+    regularised = gram.copy()
+    regularised[np.diag_indices_from(regularised)] += l2
+    inverse = np.linalg.inv(regularised)
+    weights = inverse / (-np.diag(inverse))
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+def cosine_knn(gram: np.ndarray, neighbors: int, shrink: float = 0.0) -> sp.csr_matrix:
+    """Cosine item–item similarity from a binary Gram matrix, truncated per *target* item.
+
+    Column i holds the similarities of target item i; only its ``neighbors`` most similar
+    source items are kept. This is the classic formulation and RecBole's; truncating rows
+    instead costs ~0.025 NDCG@10 on ML-100K.
+    """
+    norms = np.sqrt(np.diag(gram))
+    sim = gram / (np.outer(norms, norms) + shrink + 1e-12)
+    np.fill_diagonal(sim, 0.0)
+    k = min(neighbors, sim.shape[0] - 1)
+    if 0 < k < sim.shape[0]:
+        drop = np.argpartition(-sim, k, axis=0)[k:, :]
+        np.put_along_axis(sim, drop, 0.0, axis=0)
+    return sp.csr_matrix(sim.astype(np.float32))
+
+
 class PopularityConfig(ComponentConfig):
     """Most-popular baseline."""
 
@@ -70,8 +102,7 @@ class ItemKNNConfig(ComponentConfig):
 class ItemKNN(Recommender):
     """score(u, i) = Σ_{j ∈ history(u) ∩ N_k(i)} sim(i, j), N_k(i) = the k items most similar to i.
 
-    Truncating each *target* item's neighbourhood (not each source item's) is the classic
-    formulation and RecBole's; it is worth ~0.025 NDCG@10 on ML-100K over the other way round.
+    See :func:`cosine_knn` for the truncation.
     """
 
     config_class = ItemKNNConfig
@@ -80,17 +111,8 @@ class ItemKNN(Recommender):
 
     def fit(self, split: Split) -> Self:
         """Compute the truncated cosine item–item similarity matrix."""
-        matrix = split.train_matrix().tocsc()
-        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=0)).ravel())
-        co = (matrix.T @ matrix).toarray()
-        np.fill_diagonal(co, 0.0)
-        sim = co / (np.outer(norms, norms) + self.config.shrink + 1e-12)
-        k = min(self.config.neighbors, sim.shape[0] - 1)
-        # column i holds the similarities of target item i: keep its k nearest sources
-        if k < sim.shape[0]:
-            drop = np.argpartition(-sim, k, axis=0)[k:, :]
-            np.put_along_axis(sim, drop, 0.0, axis=0)
-        self.similarity = sp.csr_matrix(sim.astype(np.float32))
+        gram = item_gram(split.train_matrix())
+        self.similarity = cosine_knn(gram, self.config.neighbors, self.config.shrink)
         self.n_items = split.dataset.n_items
         return self
 
@@ -125,13 +147,7 @@ class EASE(Recommender):
 
     def fit(self, split: Split) -> Self:
         """Invert the regularised Gram matrix (n_items²; fine up to ~20k items)."""
-        matrix = split.train_matrix()
-        gram = (matrix.T @ matrix).toarray().astype(np.float64)
-        gram[np.diag_indices_from(gram)] += self.config.l2
-        inverse = np.linalg.inv(gram)
-        weights = inverse / (-np.diag(inverse))
-        np.fill_diagonal(weights, 0.0)
-        self.weights = weights.astype(np.float32)
+        self.weights = ease_weights(item_gram(split.train_matrix()), self.config.l2)
         self.n_items = split.dataset.n_items
         return self
 

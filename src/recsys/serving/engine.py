@@ -84,7 +84,6 @@ class EngineConfig(ComponentConfig):
     budget_ms: float = Field(
         50.0, gt=0.0, description="Past this, remaining optional stages are skipped."
     )
-    exclude_seen: bool = True
 
 
 @dataclass
