@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from recsys.data.dataset import Dataset, interaction_matrix
 from recsys.types import IntArray
@@ -29,7 +30,7 @@ class Split:
     protocol: str
     seed: int | None = None
 
-    def train_matrix(self, include_valid: bool = False):
+    def train_matrix(self, include_valid: bool = False) -> sp.csr_matrix:
         """Binary user × item CSR of training (optionally + validation) interactions."""
         frame = pd.concat([self.train, self.valid]) if include_valid else self.train
         return interaction_matrix(frame, self.dataset.n_users, self.dataset.n_items)
