@@ -77,12 +77,17 @@ def bench_quality(
         list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+    user_context: Annotated[
+        bool, typer.Option(help="Serve the user table's context (off: measure the skew).")
+    ] = True,
 ) -> None:
-    """Train and evaluate every model on one split; write quality.json and quality.md."""
-    from recsys.evaluation.bench import quality_table, run_quality
+    """Train, serve (Engine) and evaluate every model on one split; write quality.json/.md."""
+    from recsys.bench.quality import quality_table, run_quality
 
     try:
-        report = run_quality(dataset, protocol, out, models=model, seed=seed)
+        report = run_quality(
+            dataset, protocol, out, models=model, seed=seed, user_context=user_context
+        )
     except (RecsysError, ValueError) as exc:
         _fail(exc)
     typer.echo(quality_table(report))
@@ -105,7 +110,8 @@ def bench_freshness(
     replay: Annotated[bool, typer.Option(help="Run the replay tables (else ingest only).")] = True,
 ) -> None:
     """Batch vs session vs real-time profiles (same model) + ingest throughput and latency."""
-    from recsys.evaluation.replay import FreshnessConfig, freshness_table, run_freshness
+    from recsys.bench.freshness import freshness_table, run_freshness
+    from recsys.evaluation.replay import FreshnessConfig
 
     try:
         config = FreshnessConfig(test_fraction=test_fraction, max_events=max_events)
@@ -139,7 +145,7 @@ def bench_decision(
     latency_repeats: Annotated[int, typer.Option(help="Timed calls per component.")] = 2000,
 ) -> None:
     """MMR/DPP accuracy-diversity trade-off, cold start, OPE check, per-component latency."""
-    from recsys.decision.bench import DEFAULT_LAMBDAS, decision_table, run_decision_bench
+    from recsys.bench.decision import DEFAULT_LAMBDAS, decision_table, run_decision_bench
 
     try:
         report = run_decision_bench(
@@ -155,10 +161,47 @@ def bench_decision(
     typer.echo(f"\nwrote {out / 'decision.json'} and {out / 'decision.md'}")
 
 
+@bench_app.command("latency")
+def bench_latency(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "ml-latest-small",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Models to serve (repeatable).")
+    ] = None,
+    users: Annotated[int, typer.Option(help="Requests timed, one per user.")] = 500,
+    protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "latency",
+) -> None:
+    """In-process Engine latency per stage (profile, retrieval, ranking, decision)."""
+    from recsys.bench.latency import latency_table, run_latency
+
+    try:
+        report = run_latency(
+            dataset,
+            out,
+            models=model or ["ease", "two_tower+ranker"],
+            protocol=protocol,
+            users=users,
+        )
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(latency_table(report))
+    typer.echo(f"\nwrote {out / 'latency.json'} and {out / 'latency.md'}")
+
+
 def _train_split(dataset: str, protocol: str, seed: int):
     from recsys.data import load_dataset, make_split
 
     return make_split(load_dataset(dataset), protocol, seed=seed)
+
+
+def _registered_config(name: str, dataset: str, overrides: str | None) -> object:
+    """The benchmark registry's config of a model for a dataset, with JSON overrides."""
+    from recsys.bench.registry import deep_merge, load_registry
+
+    registry = load_registry()
+    entry = registry[name]
+    values = deep_merge(entry.values_for(dataset, registry), json.loads(overrides or "{}"))
+    return entry.component.config_class.model_validate(values)
 
 
 @train_app.command("two-tower")
@@ -171,16 +214,13 @@ def train_two_tower(
     seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
     config: Annotated[str | None, typer.Option(help="TwoTowerConfig overrides as JSON.")] = None,
 ) -> None:
-    """Train the two-tower retriever (early stopping on validation) and save it."""
+    """Train the two-tower retriever (settings of experiments/configs/models) and save it."""
     from recsys.evaluation.protocol import evaluate
-    from recsys.retrieval.two_tower import TwoTowerConfig, TwoTowerRetriever
-    from recsys.retrieval.two_tower.bench import retriever_config
+    from recsys.retrieval.two_tower import TwoTowerRetriever
 
     try:
         split = _train_split(dataset, protocol, seed)
-        base = retriever_config(dataset).model_dump()
-        cfg = TwoTowerConfig.model_validate({**base, **json.loads(config or "{}")})
-        model = TwoTowerRetriever(cfg).fit(split)
+        model = TwoTowerRetriever(_registered_config("two_tower", dataset, config)).fit(split)  # type: ignore[arg-type]
     except (RecsysError, ValueError) as exc:
         _fail(exc)
     model.save(out)
@@ -204,15 +244,13 @@ def train_two_stage(
     """Train two-tower + ranker (the ranker on validation candidates) and save both."""
     from recsys.ranking.two_stage import TwoStageConfig, TwoStageRecommender
     from recsys.retrieval.base import Recommender
-    from recsys.retrieval.two_tower.bench import ranker_config, retriever_config
 
     try:
         split = _train_split(dataset, protocol, seed)
         trained = Recommender.load(retriever) if retriever else None
-        cfg = TwoStageConfig(
-            retriever=trained.config if trained else retriever_config(dataset),
-            ranker=ranker_config(dataset),
-        )
+        cfg = _registered_config("two_tower+ranker", dataset, None)
+        if trained is not None:
+            cfg = TwoStageConfig(retriever=trained.config, ranker=cfg.ranker)  # type: ignore[attr-defined,arg-type]
         model = TwoStageRecommender(cfg, trained_retriever=trained).fit(split)  # type: ignore[arg-type]
     except (RecsysError, ValueError) as exc:
         _fail(exc)
@@ -226,16 +264,16 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "demo",
 ) -> None:
     """The main job end to end on real data: fetch ML-100K, benchmark both protocols."""
-    from recsys.data import load_ml100k, random_split
+    from recsys.bench.quality import quality_table, run_quality
+    from recsys.data import load_ml100k, temporal_split
     from recsys.data.movielens import fetch_ml100k
-    from recsys.evaluation.bench import quality_table, run_quality
     from recsys.serving.walkthrough import engine_walkthrough, format_walkthrough
 
     typer.echo(f"ML-100K: {fetch_ml100k()}")
     for protocol in ("random", "temporal"):
         report = run_quality("ml-100k", protocol, out / f"ml-100k-{protocol}")
         typer.echo("\n" + quality_table(report))
-    walk = engine_walkthrough(random_split(load_ml100k(), seed=2020), out)
+    walk = engine_walkthrough(temporal_split(load_ml100k()), out)
     typer.echo("\n" + format_walkthrough(walk))
     typer.echo(f"\nresults under {out}/")
 

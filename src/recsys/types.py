@@ -15,21 +15,34 @@ import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
+TimeArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
 class Query:
     """What a stage knows about one request.
 
+    Built in one place for every caller (:meth:`recsys.serving.Engine.query_for` online,
+    :func:`recsys.evaluation.protocol.build_queries` offline), so training, benchmarks and
+    serving hand the stages the same fields.
+
     Attributes:
         user: Dense user index, or ``None`` for an unknown / anonymous user (cold start).
-        history: Dense item indices the user interacted with, oldest first. For a real-time
-            profile this includes events from the current session.
-        context: Request context (e.g. ``age_band``, ``gender``, ``occupation``, ``device``).
+        history: Dense item indices of the user's events, oldest first, repeats kept (a
+            re-consumed item appears again at its later position). For a real-time profile
+            this includes the events of the current session.
+        context: Request context (e.g. ``age_band``, ``gender``, ``occupation``, ``device``),
+            with derived keys already added (:func:`recsys.features.derive_context`).
         timestamp: Request time in Unix seconds, if known.
         session_id: Session identifier, if known.
         consent: Whether the user allows personalisation. Without it only context is used.
         exclude: Extra dense item indices that must not be returned.
+        user_id: External user id (stable across retrains): experiment assignment and logs
+            key on it, never on the dense index.
+        history_times: Unix seconds of each history event (same length as ``history``), or
+            ``None`` when unknown.
+        history_types: Event type of each history event (``click``, ``rating``, ...), or
+            ``None`` when unknown.
     """
 
     user: int | None = None
@@ -39,10 +52,28 @@ class Query:
     session_id: str | None = None
     consent: bool = True
     exclude: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    user_id: str | None = None
+    history_times: TimeArray | None = None
+    history_types: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "history", np.asarray(self.history, dtype=np.int64).ravel())
+        history = np.asarray(self.history, dtype=np.int64).ravel()
+        object.__setattr__(self, "history", history)
         object.__setattr__(self, "exclude", np.asarray(self.exclude, dtype=np.int64).ravel())
+        if self.history_times is not None:
+            times = np.asarray(self.history_times, dtype=np.float64).ravel()
+            if times.shape != history.shape:
+                raise ValueError(
+                    f"history_times: {times.shape[0]} values for {history.shape[0]} history items"
+                )
+            object.__setattr__(self, "history_times", times)
+        if self.history_types is not None:
+            types = tuple(str(t) for t in self.history_types)
+            if len(types) != len(history):
+                raise ValueError(
+                    f"history_types: {len(types)} values for {len(history)} history items"
+                )
+            object.__setattr__(self, "history_types", types)
 
 
 @dataclass(frozen=True)

@@ -71,20 +71,33 @@ def test_data_info_synthetic() -> None:
 
 
 def test_experiment_configs_validate() -> None:
-    from recsys.evaluation.bench import configured_models
+    from recsys.bench.registry import load_registry
 
-    names = [m.name for m in configured_models()]
+    registry = load_registry()
+    names = list(registry)
     assert names[:5] == ["popularity", "itemknn", "ease", "implicit_als", "implicit_bpr"]
-    ease = {m.name: m for m in configured_models()}["ease"]
-    assert ease.factory("ml-latest-small").config.l2 == 500.0
-    assert ease.factory("ml-100k").config.l2 == 250.0
+    assert names[-2:] == ["two_tower", "two_tower+ranker"]  # entries that reuse come last
+    ease = registry["ease"]
+    assert ease.create("ml-latest-small", registry, {}).config.l2 == 500.0
+    assert ease.create("ml-100k", registry, {}).config.l2 == 250.0
+    two_stage = registry["two_tower+ranker"].config_for("ml-latest-small", registry)
+    # the reused entry's settings fill the retriever; dataset overrides merge deeply
+    assert two_stage.retriever == registry["two_tower"].config_for("ml-latest-small", registry)
+    assert two_stage.ranker.features.ease_l2 == 500.0
+    assert two_stage.ranker.features.knn_neighbors == 100
 
 
 def test_bad_experiment_config_names_file(tmp_path: Path) -> None:
     import pytest
 
-    from recsys.evaluation.bench import configured_models
+    from recsys.bench.registry import RegistryError, load_registry
 
     (tmp_path / "ease.yaml").write_text("component: recsys.retrieval.EASE\nconfig: {l3: 1}\n")
-    with pytest.raises(Exception, match="l3"):
-        configured_models(tmp_path)
+    with pytest.raises(RegistryError, match=r"(?s)ease\.yaml.*l3"):
+        load_registry(tmp_path)
+    (tmp_path / "ease.yaml").write_text("component: recsys.retrieval.EASE\nuses: {x: nope}\n")
+    with pytest.raises(RegistryError, match="no model named 'nope'"):
+        load_registry(tmp_path)
+    (tmp_path / "ease.yaml").write_text("component: recsys.retrieval.EASE\nconfgi: {}\n")
+    with pytest.raises(RegistryError, match="unknown keys"):
+        load_registry(tmp_path)

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from recsys.decision import Experiment, ExperimentConfig, MMRConfig, Variant
+from recsys.decision.experiments import bucket
 from recsys.types import Query
 
 CONFIG = ExperimentConfig(
@@ -65,11 +66,15 @@ def test_assignment_is_sticky_and_salt_reshuffles():
 
 def test_query_assignment_uses_external_id_and_defaults_without_consent():
     experiment = Experiment(CONFIG)
-    query = Query(user=7, context={"user_id": "user-42"})
+    query = Query(user=7, user_id="user-42")
     assignment = experiment.assign(query)
     assert assignment.sticky and assignment.variant.name == experiment.variant_for("user-42").name
-    assert 0.0 <= assignment.bucket < 1.0
-    anonymous = experiment.assign(Query(user=7, consent=False))
+    assert assignment.bucket == bucket("user-42", CONFIG.salt)
+    # the dense index is never the key: the same id at another index, the same variant
+    assert experiment.assign(Query(user=3, user_id="user-42")) == assignment
+    no_id = experiment.assign(Query(user=7))
+    assert not no_id.sticky and no_id.variant.name == "control"
+    anonymous = experiment.assign(Query(user=7, user_id="user-42", consent=False))
     assert not anonymous.sticky and anonymous.variant.name == "control"
     assert anonymous.bucket is None
 

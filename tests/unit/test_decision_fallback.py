@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from recsys.data import Dataset, SyntheticConfig, generate, random_split
-from recsys.decision import ContextPopularity, ContextPopularityConfig, age_band, run_with_fallback
+from recsys.decision import ContextPopularity, ContextPopularityConfig, run_with_fallback
+from recsys.features import age_band
 from recsys.errors import NotFittedError
 from recsys.types import ItemList, Query
 

@@ -46,7 +46,7 @@ def test_ranked_path_applies_rules_diversity_and_logs_propensities():
         exploration=EpsilonGreedyConfig(epsilon=0.2, seed=1),
     )
     history = RANKED.items[:5]
-    decision = pipeline(Query(user=3, history=history), RANKED, 10)
+    decision = pipeline(Query(user=3, user_id="u3", history=history), RANKED, 10)
     slate = decision.slate
     assert len(slate) == 10 and len(set(slate.items)) == 10
     assert not set(history.tolist()) & set(slate.items.tolist())
@@ -54,7 +54,7 @@ def test_ranked_path_applies_rules_diversity_and_logs_propensities():
     assert np.all((slate.propensities > 0) & (slate.propensities <= 1))
     record = pipeline.log.records[-1]
     assert record is decision.record and record.source == "ranked"
-    assert record.items == slate.items.tolist() and record.user == 3
+    assert record.items == CATALOG.external_ids(slate.items) and record.user_id == "u3"
     assert '"mmr"' in record.diversity and '"epsilon_greedy"' in record.exploration
 
 
@@ -76,7 +76,7 @@ def test_variant_chooses_the_configuration_and_is_logged():
     pipeline = _pipeline(experiment=experiment)
     seen = {}
     for user in range(40):
-        query = Query(user=user, history=[int(RANKED.items[-1])])
+        query = Query(user=user, user_id=f"user-{user}", history=[int(RANKED.items[-1])])
         decision = pipeline(query, RANKED, 10)
         seen[decision.variant] = decision.slate.items.tolist()
         assert decision.record.variant == decision.variant
@@ -138,16 +138,17 @@ def test_no_consent_leaves_no_per_user_trace(tmp_path):
         user=4242,
         history=secret_history,
         session_id="session-secret",
-        context={"device": "mobile", "age_band": "25-34", "user_id": "ext-4242"},
+        context={"device": "mobile", "age_band": "25-34"},
+        user_id="ext-4242",
         consent=False,
     )
     decision = pipeline(query, RANKED, 10)
     record = decision.record
-    assert record.user is None and record.session_id is None and record.bucket is None
+    assert record.user_id is None and record.session_id is None and record.bucket is None
     assert record.source.startswith("no_consent:")
     assert record.variant == "a"  # the default variant, not a per-user assignment
     text = (tmp_path / "decisions.jsonl").read_text()
-    for secret in ("4242", "session-secret", "25-34", "age_band"):
+    for secret in ("ext-4242", "session-secret", "25-34", "age_band"):
         assert secret not in text
     # non-personalised: another person with the same request context gets the same slate
     other = Query(user=7, history=[1, 2, 3], context={"device": "mobile"}, consent=False)
@@ -158,7 +159,7 @@ def test_no_consent_leaves_no_per_user_trace(tmp_path):
     )
     assert fresh(other, RANKED, 10).slate.items.tolist() == decision.slate.items.tolist()
     # the personalised ranking was not used
-    assert json.loads(text.splitlines()[0])["items"] == decision.slate.items.tolist()
+    assert json.loads(text.splitlines()[0])["items"] == CATALOG.external_ids(decision.slate.items)
 
 
 def test_consent_gate_alone():

@@ -14,8 +14,11 @@ from recsys.features.definitions import (
     ItemInfo,
     ItemInfoCatalog,
     UserState,
+    age_band,
+    derive_context,
     feature_names,
     fold_user,
+    merge_history,
     user_features,
 )
 from recsys.features.events import Event, EventLog, events_from_frame
@@ -55,6 +58,8 @@ def test_every_feature_is_declared_once_with_entity_source_dtype_default():
     assert len(FEATURES) == len(feature_names())
     assert set(feature_names("user", "online")) == {
         "user_last_items",
+        "user_last_item_times",
+        "user_last_item_types",
         "user_session_id",
         "user_session_length",
         "user_genre_decayed",
@@ -80,8 +85,11 @@ def test_feature_config_round_trips_and_rejects_unknown_keys():
 
 
 def test_recent_items_keep_last_n_oldest_first():
-    state = _fold([Event("u", f"x{k}", float(k)) for k in range(8)], FeatureConfig(recent_items=3))
+    events = [Event("u", f"x{k}", float(k), event_type="view" if k % 2 else "buy") for k in range(8)]
+    state = _fold(events, FeatureConfig(recent_items=3))
     assert state.recent_items == ["x5", "x6", "x7"]
+    assert state.recent_times == [5.0, 6.0, 7.0]  # kept aligned with the items
+    assert state.recent_types == ["view", "buy", "view"]
     assert state.event_count == 8
 
 
@@ -286,17 +294,50 @@ def test_a_failed_store_serves_offline_features_and_says_so(synthetic):
 def test_profile_to_query_maps_ids_and_honours_consent():
     items = IdIndex(("a", "b", "c", "d"))
     users = IdIndex(("u1",))
-    profile = UserProfile("u1", recent_items=("b", "zzz", "d", "b"), session_id="s", as_of=9.0)
-    query = profile_to_query(profile, items, users, base_history=[0, 3], context={"device": "m"})
-    assert query.user == 0
-    assert query.history.tolist() == [0, 3, 1]  # base first, then recent not already in it
+    profile = UserProfile(
+        "u1",
+        recent_items=("b", "zzz", "d", "b"),
+        recent_times=(5.0, 6.0, 7.0, 8.0),
+        recent_types=("click",) * 4,
+        session_id="s",
+        as_of=9.0,
+    )
+    query = profile_to_query(
+        profile, items, users, base_history=[0, 3], base_times=[1.0, 7.0], context={"device": "m"}
+    )
+    assert query.user == 0 and query.user_id == "u1"
+    # merged by time; the event both sources hold (d at 7.0) counts once; repeats are kept
+    assert query.history.tolist() == [0, 1, 3, 1]
+    assert query.history_times.tolist() == [1.0, 5.0, 7.0, 8.0]
     assert query.session_id == "s" and query.timestamp == 9.0 and query.context == {"device": "m"}
     alone = profile_to_query(profile, items, users)
-    assert alone.history.tolist() == [3, 1]  # unknown item dropped, repeated b at its last place
+    assert alone.history.tolist() == [1, 3, 1]  # the unknown item dropped
     anonymous = profile_to_query(profile, items, users, context={"device": "m"}, consent=False)
     assert anonymous.user is None and anonymous.history.size == 0 and not anonymous.consent
     unknown_user = profile_to_query(UserProfile("nobody"), items, users)
     assert unknown_user.user is None and unknown_user.history.size == 0
+
+
+def test_merge_history_orders_by_time_and_counts_shared_events_once():
+    items, times, types = merge_history(
+        [1, 2, 3], [1.0, 2.0, 3.0], [3, 4, 2], [3.0, 4.0, 0.5], ["a", "b", "c"], ["x", "y", "z"]
+    )
+    assert items.tolist() == [2, 1, 2, 3, 4]
+    assert times.tolist() == [0.5, 1.0, 2.0, 3.0, 4.0]
+    assert types == ("z", "a", "b", "c", "y")
+    fast, _, _ = merge_history([1], [1.0], [], [])
+    assert fast.tolist() == [1]
+    with pytest.raises(ValueError, match="needs a time"):
+        merge_history([1, 2], [1.0], [], [])
+
+
+def test_derive_context_is_the_one_derivation():
+    assert derive_context({"age": 23, "zip": "12345", "gender": None}) == {
+        "age": 23,
+        "age_band": "18-24",
+    }
+    assert derive_context({"age_band": "56+", "age": 20})["age_band"] == "56+"
+    assert age_band(17) == "<18" and age_band(60) == "56+" and age_band("x") is None
 
 
 def test_in_process_reads_are_copies():

@@ -9,20 +9,21 @@ import pytest
 
 from recsys.data import SyntheticConfig, generate
 from recsys.data.dataset import Dataset
+from recsys.bench.freshness import freshness_table, run_freshness
 from recsys.evaluation.replay import (
     MODES,
     FreshnessConfig,
     freshness_split,
-    freshness_table,
     profile_prefixes,
     replay_freshness,
-    run_freshness,
 )
 from recsys.features.definitions import FeatureConfig, ItemInfoCatalog
 from recsys.features.events import events_from_frame
 from recsys.features.ingest import Ingestor
 from recsys.features.store import InProcessStore
 from recsys.retrieval.baselines import EASE
+from recsys.serving import Engine, build_engine
+from recsys.types import ItemList
 
 DAY = 86400.0
 
@@ -61,20 +62,30 @@ def _chain_dataset(late_user: bool = False) -> Dataset:
     return Dataset("chain", frame, items=pd.DataFrame(index=[f"i{k}" for k in range(10)]))
 
 
+def _oracle_engine(data: Dataset) -> Engine:
+    """An engine whose retriever knows the chain: the successor of the last history item.
+
+    Its cold-start fallback is "popularity" that starts everyone at ``i0``.
+    """
+    n_items = data.n_items
+
+    def next_item(query, n):
+        scores = np.zeros(n_items, dtype=np.float32)
+        if query.history.size and query.history[-1] + 1 < n_items:
+            scores[query.history[-1] + 1] = 1.0
+        return ItemList.from_scores(scores, n, exclude=query.history)
+
+    def starts_at_zero(query, k):
+        scores = -np.arange(n_items, dtype=np.float32)
+        return ItemList.from_scores(scores, k, exclude=query.history)
+
+    return Engine(data.item_index, retriever=next_item, fallback=starts_at_zero)
+
+
 def test_a_sequential_oracle_only_wins_with_fresh_profiles():
     data = _chain_dataset()
     split = freshness_split(data, test_fraction=0.3)
-    n_items = data.n_items
-
-    def next_item(queries):
-        # score 1 for the successor of the last history item: perfect with a fresh profile
-        scores = np.zeros((len(queries), n_items), dtype=np.float32)
-        for row, q in enumerate(queries):
-            if q.history.size and q.history[-1] + 1 < n_items:
-                scores[row, q.history[-1] + 1] = 1.0
-        return scores
-
-    report = replay_freshness(next_item, split, FreshnessConfig(k=1))
+    report = replay_freshness(_oracle_engine(data).serve, split, FreshnessConfig(k=1))
     assert report["metrics"]["realtime"]["hr@1"] == 1.0
     assert report["metrics"]["realtime"]["missing_events"] == 0.0
     # hourly events: a 30-min session gap makes every event its own session (fresh too)
@@ -90,18 +101,7 @@ def test_new_users_start_from_the_fallback_and_gain_from_fresh_profiles():
     everyone = freshness_split(data, test_fraction=0.3, new_users=True)
     assert "late" not in set(known.test["user_id"]) and "late" in set(everyone.test["user_id"])
     new_user = "late"
-    n_items = data.n_items
-
-    def next_item(queries):
-        scores = np.zeros((len(queries), n_items), dtype=np.float32)
-        for row, q in enumerate(queries):
-            if q.history.size and q.history[-1] + 1 < n_items:
-                scores[row, q.history[-1] + 1] = 1.0
-        return scores
-
-    fallback = np.zeros(n_items, dtype=np.float32)
-    fallback[0] = 1.0  # "popularity": everyone starts the chain at i0
-    report = replay_freshness(next_item, everyone, FreshnessConfig(k=1), fallback=fallback)
+    report = replay_freshness(_oracle_engine(data).serve, everyone, FreshnessConfig(k=1))
     events_of_new = int((everyone.test["user_id"] == new_user).sum())
     assert report["events_of_new_users"] >= events_of_new > 1
     # the chain is perfectly predictable from the fallback and then from a fresh profile
@@ -117,7 +117,8 @@ def synthetic_split():
 
 def test_ease_replay_reports_every_profile_with_consistent_staleness(synthetic_split):
     model = EASE(l2=50.0).fit(synthetic_split)
-    report = replay_freshness(model.score, synthetic_split, FreshnessConfig())
+    engine = build_engine(synthetic_split, model, decisions=False)
+    report = replay_freshness(engine.serve, synthetic_split, FreshnessConfig())
     assert report["events"] == len(synthetic_split.test)
     missing = [report["metrics"][m]["missing_events"] for m in MODES]
     assert missing[0] >= missing[1] >= missing[3] == 0.0
@@ -151,12 +152,15 @@ def test_the_realtime_profile_is_what_the_online_store_serves(synthetic_split):
 
 
 def test_unknown_mode_and_empty_test_are_errors(synthetic_split):
+    def serve(queries, k):
+        return [ItemList.empty() for _ in queries]
+
     with pytest.raises(ValueError, match="modes"):
-        replay_freshness(lambda q: np.zeros((len(q), 80)), synthetic_split, modes=["hourly"])
+        replay_freshness(serve, synthetic_split, modes=["hourly"])
     empty = copy.copy(synthetic_split)
     empty.test = synthetic_split.test.iloc[:0]
     with pytest.raises(ValueError, match="no test events"):
-        replay_freshness(lambda q: np.zeros((len(q), 80)), empty)
+        replay_freshness(serve, empty)
 
 
 def test_run_freshness_writes_json_and_table(tmp_path):

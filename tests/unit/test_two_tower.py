@@ -17,7 +17,7 @@ from recsys.retrieval.two_tower import (
     TwoTowerRetriever,
     sampled_softmax_loss,
 )
-from recsys.retrieval.two_tower.features import Jagged, age_band
+from recsys.retrieval.two_tower.features import Jagged
 from recsys.testing import RecommenderContract
 from recsys.types import Query
 
@@ -49,13 +49,6 @@ def test_jagged_gather_matches_python():
     values, lengths = jag.gather(np.array([3, 1, 0, 3]))
     assert lengths.tolist() == [3, 0, 2, 3]
     assert values.tolist() == [4, 5, 6, 1, 2, 4, 5, 6]
-
-
-def test_age_band():
-    assert age_band(17) == "<18"
-    assert age_band(24) == "18-24"
-    assert age_band(60) == "56+"
-    assert age_band("x") == "<unk>"
 
 
 def test_features_encode_and_roundtrip(split):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,12 +20,24 @@ class IdIndex:
 
     ids: tuple[str, ...]
     _positions: dict[str, int] = field(init=False, repr=False, compare=False)
+    _digest: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positions = {value: i for i, value in enumerate(self.ids)}
         if len(positions) != len(self.ids):
             raise ValueError("IdIndex ids must be unique")
         object.__setattr__(self, "_positions", positions)
+        digest = hashlib.sha256("\x1f".join(self.ids).encode()).hexdigest()[:16]
+        object.__setattr__(self, "_digest", digest)
+
+    @property
+    def digest(self) -> str:
+        """Fingerprint of the ids *in index order*: two indexes agree iff their digests do.
+
+        Components trained on one index record it, so serving them over another (a retrain
+        that re-indexed the catalogue) is refused instead of silently mis-mapping items.
+        """
+        return self._digest
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,6 +187,43 @@ def histories(frame: pd.DataFrame, n_users: int) -> list[IntArray]:
     out: list[IntArray] = [np.zeros(0, dtype=np.int64) for _ in range(n_users)]
     for user, group in ordered.groupby("user", sort=False)["item"]:
         out[int(user)] = group.to_numpy(np.int64)
+    return out
+
+
+@dataclass(frozen=True)
+class TimedHistory:
+    """One user's events in time order: item indices, Unix times and event types."""
+
+    items: IntArray
+    times: np.ndarray
+    types: tuple[str, ...]
+
+
+def timed_histories(frame: pd.DataFrame, n_users: int) -> list[TimedHistory]:
+    """Each user's events in time order, with their times and types; empty for absent users.
+
+    The same order as :func:`histories` (a stable sort by time), so the two agree.
+    """
+    empty = TimedHistory(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64), ())
+    out: list[TimedHistory] = [empty] * n_users
+    if frame.empty:
+        return out
+    ordered = frame.sort_values("timestamp", kind="stable")
+    users = ordered["user"].to_numpy(np.int64)
+    items = ordered["item"].to_numpy(np.int64)
+    times = ordered["timestamp"].to_numpy(np.float64)
+    types = (
+        ordered["event_type"].astype(str).to_numpy()
+        if "event_type" in ordered
+        else np.full(len(ordered), "interaction", dtype=object)
+    )
+    by_user = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.diff(users[by_user])) + 1
+    for rows in np.split(by_user, bounds):
+        if len(rows):
+            out[int(users[rows[0]])] = TimedHistory(
+                items[rows], times[rows], tuple(types[rows].tolist())
+            )
     return out
 
 

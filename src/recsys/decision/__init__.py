@@ -28,7 +28,6 @@ from recsys.decision.fallback import (
     ContextPopularity,
     ContextPopularityConfig,
     FallbackList,
-    age_band,
     run_with_fallback,
 )
 from recsys.decision.pipeline import (
@@ -82,7 +81,6 @@ __all__ = [
     "TopK",
     "TopKConfig",
     "Variant",
-    "age_band",
     "anonymise",
     "bucket",
     "make_explorer",

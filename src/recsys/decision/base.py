@@ -30,11 +30,14 @@ class ItemCatalog:
             scalars (``year``) or tuples of labels (``genres``).
         vectors: L2-normalised item vectors, shape (n_items, d); cosine similarity between
             items is their dot product. Items without features have a zero row (similarity 0).
+        ids: External item id of each dense index (decision logs record external ids, which
+            survive a retrain); ``None`` logs the dense index as text.
     """
 
     n_items: int
     attributes: dict[str, list[Any]] = field(default_factory=dict)
     vectors: FloatArray | None = None
+    ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name, column in self.attributes.items():
@@ -42,6 +45,8 @@ class ItemCatalog:
                 raise ValueError(
                     f"attributes[{name!r}]: has {len(column)} values for {self.n_items} items"
                 )
+        if self.ids is not None and len(self.ids) != self.n_items:
+            raise ValueError(f"ids: {len(self.ids)} ids for {self.n_items} items")
         if self.vectors is not None:
             vectors = np.asarray(self.vectors, dtype=np.float32)
             if vectors.ndim != 2 or vectors.shape[0] != self.n_items:
@@ -73,7 +78,12 @@ class ItemCatalog:
         attrs = {name: list(items[name]) for name in names}
         if vectors is None:
             vectors = dataset.genre_matrix().toarray()
-        return cls(n_items=dataset.n_items, attributes=attrs, vectors=np.asarray(vectors))
+        return cls(
+            n_items=dataset.n_items,
+            attributes=attrs,
+            vectors=np.asarray(vectors),
+            ids=tuple(dataset.item_index.ids),
+        )
 
     @classmethod
     def from_genres(cls, genres: Sequence[Sequence[str]]) -> ItemCatalog:
@@ -85,6 +95,13 @@ class ItemCatalog:
             for g in gs:
                 vectors[i, position[g]] = 1.0
         return cls(len(genres), {"genres": [tuple(g) for g in genres]}, vectors)
+
+    def external_ids(self, items: npt.ArrayLike) -> list[str]:
+        """External ids of dense item indices (the index as text without ``ids``)."""
+        indices = np.asarray(items, dtype=np.int64).tolist()
+        if self.ids is None:
+            return [str(i) for i in indices]
+        return [self.ids[i] for i in indices]
 
     def require_vectors(self) -> FloatArray:
         """The item vectors, or a clear error when the catalogue has none."""

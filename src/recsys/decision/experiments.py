@@ -103,15 +103,16 @@ class Experiment:
         return self.config.variants[index]
 
     def assign(self, query: Query) -> Assignment:
-        """Assign a request: by user id when known and consented, else the default variant.
+        """Assign a request: by its external user id when known and consented.
 
-        The key is the external id in ``query.context["user_id"]`` when present (stable across
-        dataset rebuilds), else the dense user index.
+        The key is ``query.user_id`` — never the dense user index, which a retrain may
+        renumber — so a user keeps their variant across retrains, and users the model has
+        never seen are assigned like everyone else. Anonymous or non-consenting requests get
+        the default variant.
         """
-        if query.user is None or not query.consent:
+        if query.user_id is None or not query.consent:
             return Assignment(self.config.name, self._default, None, sticky=False)
-        key = str(query.context.get("user_id", query.user))
-        b = bucket(key, self.config.salt)
+        b = bucket(str(query.user_id), self.config.salt)
         return Assignment(self.config.name, self._variant_at(b), b, sticky=True)
 
     def split(self, user_keys: list[str]) -> dict[str, float]:

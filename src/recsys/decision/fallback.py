@@ -28,22 +28,12 @@ import pandas as pd
 from pydantic import Field
 
 from recsys.config import ComponentConfig
-from recsys.data.context import age_band
 from recsys.decision.base import check_k, context_value
 from recsys.errors import NotFittedError
+from recsys.features.definitions import derive_context, derive_context_columns
 from recsys.types import ItemList, Query
 
 log = logging.getLogger(__name__)
-
-
-def derive_context(context: Mapping[str, Any]) -> dict[str, Any]:
-    """Context with derived keys: ``age_band`` from ``age`` when only the age is given."""
-    out = dict(context)
-    if out.get("age_band") is None and "age" in out:
-        band = age_band(out["age"])
-        if band is not None:
-            out["age_band"] = band
-    return out
 
 
 @dataclass(frozen=True)
@@ -150,9 +140,7 @@ class ContextPopularity:
         for column in frame.columns:
             if column not in {"user_id", "item_id", "timestamp", "value", "user", "item"}:
                 out[column] = frame[column]
-        if "age" in out and "age_band" not in out:
-            out["age_band"] = [age_band(a) for a in out["age"]]
-        return out
+        return derive_context_columns(out)
 
     def _require_fitted(self) -> int:
         if self.n_items is None or self.log_global is None:
@@ -182,7 +170,7 @@ class ContextPopularity:
         """Top-``k`` items for the query's context (history and ``query.exclude`` left out)."""
         k = check_k(k)
         scores, used = self.scores(query.context)
-        drop = [query.exclude, np.asarray(exclude or [], dtype=np.int64)]
+        drop = [query.exclude, np.asarray([] if exclude is None else exclude, dtype=np.int64)]
         if self.config.exclude_history:
             drop.append(query.history)
         top = ItemList.from_scores(scores, k, exclude=np.concatenate(drop))

@@ -10,13 +10,17 @@ missing candidate list is replaced by context popularity. Nothing here raises on
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import os
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from pydantic import Field
@@ -30,6 +34,12 @@ from recsys.decision.exploration import ExplorationConfig, ThompsonSampling, mak
 from recsys.decision.fallback import ContextPopularity, ContextPopularityConfig
 from recsys.decision.rules import Availability, BusinessRules, RulesConfig, capped_top_k
 from recsys.types import ItemList, Query
+
+logger = logging.getLogger(__name__)
+
+
+def _ones_if_none(values: np.ndarray | None, n: int) -> np.ndarray:
+    return np.ones(n, dtype=np.float32) if values is None else values
 
 
 class DecisionPipelineConfig(ComponentConfig):
@@ -60,14 +70,37 @@ class DecisionPipelineConfig(ComponentConfig):
 
 @dataclass
 class DecisionRecord:
-    """One logged decision: enough to evaluate another policy off-line, nothing more.
+    """One logged decision: exactly what was shown, and enough to evaluate another policy.
 
-    Without consent ``user`` and ``session_id`` are ``None`` and no history is stored.
+    Items are external ids (stable across retrains). Without consent ``user_id`` and
+    ``session_id`` are ``None`` and no history or personal context is stored.
+
+    Attributes:
+        decision_id: Unique id of the decision.
+        timestamp: Request time (Unix seconds).
+        user_id: External user id, ``None`` without consent or for anonymous requests.
+        session_id: Session id, ``None`` without consent.
+        consent: Whether the user consented to personalisation.
+        experiment: Experiment name, if any.
+        variant: Experiment variant, if any.
+        bucket: The user's position in [0, 1) for the experiment, if assigned by user.
+        source: Where the candidates came from (``ranked``, ``cold_start:<reason>``, ...).
+        diversity: The diversity config that ran (JSON), ``none`` otherwise.
+        exploration: The exploration config that ran (JSON), ``none`` otherwise.
+        items: The shown slate, best first.
+        scores: Score of each shown item.
+        propensities: Probability each shown item had at its position.
+        filled: Slots filled from the fallback after the personalised candidates ran out.
+        fallback: Why the fallback served (part of) the answer (set by the engine).
+        reasons: Why the decision deviated from the plain path.
+        degraded: Degraded stages and why (set by the engine).
+        timings_ms: Milliseconds per stage.
+        context: Non-personal request context (device, referrer, ...).
     """
 
     decision_id: str
     timestamp: float
-    user: int | None
+    user_id: str | None
     session_id: str | None
     consent: bool
     experiment: str | None
@@ -76,11 +109,15 @@ class DecisionRecord:
     source: str
     diversity: str
     exploration: str
-    items: list[int]
+    items: list[str]
     scores: list[float]
     propensities: list[float]
+    filled: int = 0
+    fallback: str | None = None
     reasons: list[str] = field(default_factory=list)
+    degraded: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -88,23 +125,55 @@ class DecisionRecord:
 
 
 class DecisionLog:
-    """Append-only decision log: in memory, and as JSON lines when ``path`` is given."""
+    """Append-only decision log: the last records in memory, all of them as JSON lines.
 
-    def __init__(self, path: str | Path | None = None, keep_in_memory: bool = True) -> None:
+    Args:
+        path: A ``.jsonl`` file, or a directory that gets one file per process
+            (``decisions-<pid>.jsonl``, so several workers never interleave lines); ``None``
+            keeps records in memory only.
+        max_in_memory: How many recent records :attr:`records` keeps (0: none).
+    """
+
+    def __init__(self, path: str | Path | None = None, max_in_memory: int = 10_000) -> None:
         self.path = None if path is None else Path(path)
-        self.keep_in_memory = keep_in_memory
-        self.records: list[DecisionRecord] = []
+        self.records: deque[DecisionRecord] = deque(maxlen=max_in_memory)
         self._lock = threading.Lock()
+        self._handle: TextIO | None = None
+        self._pid = 0
+
+    @property
+    def file(self) -> Path | None:
+        """The file this process appends to."""
+        if self.path is None:
+            return None
+        if self.path.suffix == ".jsonl":
+            return self.path
+        return self.path / f"decisions-{os.getpid()}.jsonl"
 
     def append(self, record: DecisionRecord) -> None:
-        """Store one record."""
+        """Store one record (one line written and flushed; the handle stays open)."""
+        line = json.dumps(record.to_dict(), default=float) + "\n" if self.path else ""
         with self._lock:
-            if self.keep_in_memory:
+            if self.records.maxlen:
                 self.records.append(record)
-            if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a") as handle:
-                    handle.write(json.dumps(record.to_dict()) + "\n")
+            if not line:
+                return
+            if self._handle is None or self._pid != os.getpid():
+                target = self.file
+                assert target is not None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # a forked worker must not share its parent's handle
+                self._handle = target.open("a", encoding="utf-8")
+                self._pid = os.getpid()
+            self._handle.write(line)
+            self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file handle (the next append reopens it)."""
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
 
 
 @dataclass(frozen=True)
@@ -114,12 +183,14 @@ class Decision:
     Attributes:
         slate: The shown items in order, with scores and propensities (1.0 when deterministic).
         variant: Experiment variant name (``None`` without an experiment).
-        record: The log record written for this decision.
+        record: The log record of this decision.
+        filled: How many slate items came from the fallback after the candidates ran out.
     """
 
     slate: ItemList
     variant: str | None
     record: DecisionRecord
+    filled: int = 0
 
     @property
     def reasons(self) -> list[str]:
@@ -186,16 +257,21 @@ class DecisionPipeline:
         """The live availability set the rules read."""
         return self.rules.availability
 
-    def __call__(self, query: Query, ranked: ItemList | None, k: int) -> Decision:
+    def __call__(self, query: Query, ranked: ItemList | None, k: int, log: bool = True) -> Decision:
         """Decide the slate for one request.
+
+        Every shown slot passes the rules (exclusions, availability, caps), including slots
+        the fallback fills when the candidates run out, and every slot has a propensity.
 
         Args:
             query: The request (its ``consent`` flag is honoured first).
             ranked: Ranker output, best first; ``None`` or empty when upstream failed.
             k: Slate size.
+            log: Append the record to :attr:`log` (the engine passes ``False`` and logs the
+                record itself, with the whole request's timings).
 
         Returns:
-            The decision; its record has already been appended to the log.
+            The decision and its record.
         """
         k = check_k(k)
         start = time.perf_counter()
@@ -210,6 +286,7 @@ class DecisionPipeline:
             return now
 
         t = start
+        personalised = False
         if not query.consent:
             candidates: ItemList = self.fallback(q, n_fb)
             source = "no_consent:" + candidates.reason  # type: ignore[attr-defined]
@@ -223,6 +300,7 @@ class DecisionPipeline:
         else:
             candidates = ranked
             source = "ranked"
+            personalised = True
         t = lap("candidates", t)
 
         assignment: Assignment | None = (
@@ -233,11 +311,12 @@ class DecisionPipeline:
         t = lap("experiment", t)
 
         try:
-            prepared = self.rules.prepare(q, candidates)
+            prepared, filled_from = self._prepare(q, candidates, k, n_fb, personalised)
         except Exception as exc:  # noqa: BLE001 - a broken rule must not break the response
             reasons.append(f"failed:rules:{type(exc).__name__}")
-            prepared = self.fallback(q, n_fb)
-            source = "fallback:" + prepared.reason  # type: ignore[attr-defined]
+            self._log_failure("rules", exc)
+            prepared, filled_from = self._unruled_fallback(q, n_fb), 0
+            source = "fallback:" + getattr(prepared, "reason", "global")
         caps = self.rules.caps
         t = lap("rules", t)
 
@@ -248,9 +327,11 @@ class DecisionPipeline:
             positions = selector.select(prepared, min(k, len(prepared)), caps)
         except Exception as exc:  # noqa: BLE001 - degrade, never fail the request
             reasons.append(f"failed:diversity:{type(exc).__name__}")
+            self._log_failure("diversity", exc)
             positions = capped_top_k(prepared, min(k, len(prepared)), caps)
         rest = np.setdiff1d(np.arange(len(prepared)), positions, assume_unique=True)
-        ordered = take(prepared, np.concatenate([positions, rest]).astype(np.int64))
+        order = np.concatenate([positions, rest]).astype(np.int64)
+        ordered = take(prepared, order)
         n_slate = len(positions)
         t = lap("diversity", t)
 
@@ -263,32 +344,131 @@ class DecisionPipeline:
                 slate = explorer(q, ordered, n_slate, caps)
             except Exception as exc:  # noqa: BLE001 - degrade, never fail the request
                 reasons.append(f"failed:exploration:{type(exc).__name__}")
+                self._log_failure("exploration", exc)
                 explorer = None
         if explorer is None:
             slate = ItemList(slate.items, slate.scores, np.ones(len(slate), dtype=np.float32))
         lap("exploration", t)
         timings["total"] = (time.perf_counter() - start) * 1000.0
 
-        record = DecisionRecord(
-            decision_id=uuid.uuid4().hex,
-            timestamp=time.time() if q.timestamp is None else float(q.timestamp),
-            user=q.user if query.consent else None,
-            session_id=q.session_id if query.consent else None,
-            consent=query.consent,
-            experiment=None if assignment is None else assignment.experiment,
-            variant=arm,
-            bucket=None if assignment is None else assignment.bucket,
+        filled = 0
+        if filled_from < len(prepared):
+            filled = int(np.isin(slate.items, prepared.items[filled_from:]).sum())
+        record = self.record_for(
+            query,
+            slate,
+            arm,
             source=source,
+            assignment=assignment,
             diversity=_describe(div_cfg),
             exploration=_describe(exp_cfg if explorer is not None else None),
-            items=[int(i) for i in slate.items],
-            scores=[float(s) for s in slate.scores],
-            propensities=[float(p) for p in slate.propensities],  # type: ignore[union-attr]
+            filled=filled,
             reasons=reasons,
-            timings_ms=timings,
+            timings=timings,
         )
-        self.log.append(record)
-        return Decision(slate=slate, variant=arm, record=record)
+        if log:
+            self.log.append(record)
+        return Decision(slate=slate, variant=arm, record=record, filled=filled)
+
+    def rules_only(self, query: Query, ranked: ItemList | None, k: int) -> tuple[ItemList, int]:
+        """The slate the rules alone choose (no diversity, no exploration, propensities 1).
+
+        What the engine serves when the full decision stage fails: exclusions, availability
+        and caps still hold for every slot, the fallback filling what the candidates lack.
+
+        Returns:
+            The slate and how many of its items the fallback filled.
+        """
+        k = check_k(k)
+        q = self.consent.anonymise(query)
+        n_fb = max(k, self.config.n_fallback_candidates)
+        personalised = query.consent and ranked is not None and len(ranked) > 0
+        candidates = ranked if personalised else self.fallback(q, n_fb)
+        assert candidates is not None
+        prepared, filled_from = self._prepare(q, candidates, k, n_fb, personalised)
+        chosen = take(prepared, capped_top_k(prepared, min(k, len(prepared)), self.rules.caps))
+        slate = ItemList(chosen.items, chosen.scores, np.ones(len(chosen), dtype=np.float32))
+        filled = int(np.isin(slate.items, prepared.items[filled_from:]).sum())
+        return slate, filled
+
+    def _prepare(
+        self, query: Query, candidates: ItemList, k: int, n_fb: int, personalised: bool
+    ) -> tuple[ItemList, int]:
+        """Rules over the candidates; when fewer than ``k`` survive, fallback items too.
+
+        Returns:
+            The prepared list (sorted best first) and the position where fallback items
+            start (its length when none were needed).
+        """
+        prepared = self.rules.prepare(query, candidates)
+        if len(prepared) >= k or not personalised:
+            return prepared, len(prepared)
+        extra = self.fallback(query, n_fb + len(candidates), exclude=candidates.items)
+        extra = self.rules.prepare(query, extra)
+        if not len(extra):
+            return prepared, len(prepared)
+        # fallback items rank below every personalised one, in their own order
+        low = float(prepared.scores.min()) if len(prepared) else 0.0
+        shifted = extra.scores - float(extra.scores.max()) + low - 1.0
+        merged = ItemList(
+            np.concatenate([prepared.items, extra.items]),
+            np.concatenate([prepared.scores, shifted]),
+            None
+            if prepared.propensities is None and extra.propensities is None
+            else np.concatenate(
+                [
+                    _ones_if_none(prepared.propensities, len(prepared)),
+                    _ones_if_none(extra.propensities, len(extra)),
+                ]
+            ),
+        )
+        return merged, len(prepared)
+
+    def _unruled_fallback(self, query: Query, n: int) -> ItemList:
+        """Last resort when a rule itself is broken: availability still holds."""
+        listed = self.fallback(query, n)
+        keep = self.availability.is_available(listed.items)
+        return take(listed, np.flatnonzero(keep))
+
+    def record_for(
+        self,
+        query: Query,
+        slate: ItemList,
+        variant: str | None = None,
+        *,
+        source: str = "ranked",
+        assignment: Assignment | None = None,
+        diversity: str = "none",
+        exploration: str = "none",
+        filled: int = 0,
+        reasons: list[str] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> DecisionRecord:
+        """The log record of a shown slate (nothing personal without consent)."""
+        props = slate.propensities
+        return DecisionRecord(
+            decision_id=uuid.uuid4().hex,
+            timestamp=time.time() if query.timestamp is None else float(query.timestamp),
+            user_id=query.user_id if query.consent else None,
+            session_id=query.session_id if query.consent else None,
+            consent=query.consent,
+            experiment=None if assignment is None else assignment.experiment,
+            variant=variant,
+            bucket=None if assignment is None else assignment.bucket,
+            source=source,
+            diversity=diversity,
+            exploration=exploration,
+            items=self.catalog.external_ids(slate.items),
+            scores=[float(x) for x in slate.scores],
+            propensities=[1.0] * len(slate) if props is None else [float(p) for p in props],
+            filled=filled,
+            reasons=list(reasons or []),
+            timings_ms=dict(timings or {}),
+        )
+
+    @staticmethod
+    def _log_failure(stage: str, exc: BaseException) -> None:
+        logger.error("decision %s failed", stage, exc_info=exc)
 
     def _late(self, start: float) -> bool:
         deadline = self.config.deadline_ms
@@ -300,4 +480,14 @@ class DecisionPipeline:
             raise ValueError(f"clicks: {len(clicks)} values for {len(record.items)} items")
         explorer = self._stages[record.variant][3]
         if isinstance(explorer, ThompsonSampling):
-            explorer.update(record.items, clicks)
+            explorer.update(self._dense(record.items), clicks)
+
+    def _dense(self, ids: list[str]) -> np.ndarray:
+        if self.catalog.ids is None:
+            return np.asarray([int(i) for i in ids], dtype=np.int64)
+        position = self._id_positions
+        return np.asarray([position[i] for i in ids], dtype=np.int64)
+
+    @functools.cached_property
+    def _id_positions(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.catalog.ids or ())}

@@ -20,8 +20,8 @@ def hit_matrix(ranked: IntMatrix, relevant: sp.csr_matrix) -> npt.NDArray[np.boo
     """Boolean (B, K): whether ``ranked[b, j]`` is in row ``b`` of ``relevant`` (B, n_items)."""
     ranked = np.asarray(ranked, dtype=np.int64)
     rows = np.repeat(np.arange(ranked.shape[0]), ranked.shape[1])
-    values = np.asarray(relevant[rows, ranked.ravel()]).ravel()
-    return values.reshape(ranked.shape) > 0
+    values = np.asarray(relevant[rows, np.maximum(ranked, 0).ravel()]).ravel()
+    return (values.reshape(ranked.shape) > 0) & (ranked >= 0)  # -1 pads a short list
 
 
 def _n_relevant(relevant: sp.csr_matrix) -> npt.NDArray[np.float64]:
@@ -61,14 +61,20 @@ def ndcg(hits: npt.NDArray[np.bool_], n_relevant: npt.ArrayLike, k: int) -> np.n
     return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
 
 
+def _shown(ranked: IntMatrix, k: int) -> np.ndarray:
+    """The shown item indices of the top-k lists, flattened (``-1`` padding dropped)."""
+    top = np.asarray(ranked)[:, :k].ravel()
+    return top[top >= 0]
+
+
 def catalog_coverage(ranked: IntMatrix, n_items: int, k: int) -> float:
     """Fraction of the catalogue that appears in at least one top-k list."""
-    return float(np.unique(np.asarray(ranked)[:, :k]).size) / float(n_items)
+    return float(np.unique(_shown(ranked, k)).size) / float(n_items)
 
 
 def gini_index(ranked: IntMatrix, n_items: int, k: int) -> float:
     """Gini coefficient of item exposure in the top-k lists (0 = equal, 1 = one item only)."""
-    counts = np.sort(np.bincount(np.asarray(ranked)[:, :k].ravel(), minlength=n_items))
+    counts = np.sort(np.bincount(_shown(ranked, k), minlength=n_items))
     total = counts.sum()
     if total == 0:
         return 0.0
@@ -82,13 +88,13 @@ def novelty(ranked: IntMatrix, item_popularity: npt.ArrayLike, n_users: int, k: 
     Items never seen in training get the probability of one interaction.
     """
     pop = np.maximum(np.asarray(item_popularity, dtype=np.float64), 1.0) / float(n_users)
-    return float((-np.log2(pop[np.asarray(ranked)[:, :k]])).mean())
+    return float((-np.log2(pop[_shown(ranked, k)])).mean())
 
 
 def average_popularity(ranked: IntMatrix, item_popularity: npt.ArrayLike, k: int) -> float:
     """Mean training popularity (interaction count) of recommended items (ARP)."""
     pop = np.asarray(item_popularity, dtype=np.float64)
-    return float(pop[np.asarray(ranked)[:, :k]].mean())
+    return float(pop[_shown(ranked, k)].mean())
 
 
 def intra_list_diversity(ranked: IntMatrix, item_features: sp.csr_matrix, k: int) -> float:
@@ -102,6 +108,7 @@ def intra_list_diversity(ranked: IntMatrix, item_features: sp.csr_matrix, k: int
     normed = sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ feats
     values = []
     for row in ranked:
+        row = row[row >= 0]
         n = len(row)
         if n < 2:
             continue

@@ -54,7 +54,7 @@ class _ImplicitMF(Recommender):
             model.fit(matrix, show_progress=False)
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
-        self.n_items = split.dataset.n_items
+        self._fitted_on(split)
         return self
 
     def score(self, queries: Sequence[Query]) -> FloatArray:

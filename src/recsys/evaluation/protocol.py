@@ -9,37 +9,65 @@ user's context attributes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from recsys.data.dataset import histories, interaction_matrix
+from recsys.data.dataset import histories, interaction_matrix, timed_histories
 from recsys.data.splits import Split
 from recsys.evaluation import metrics
-from recsys.types import IntArray, Query, top_k_indices
+from recsys.features.definitions import user_contexts
+from recsys.types import IntArray, ItemList, Query, top_k_indices
 
 DEFAULT_KS: tuple[int, ...] = (10, 20)
 
 
-def user_context(split: Split, user: int) -> dict[str, Any]:
-    """Context attributes of a user (empty when the dataset has none)."""
-    users = split.dataset.users
-    if users.empty:
-        return {}
-    row = users.iloc[user]
-    return {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
+def build_queries(
+    split: Split,
+    users: IntArray,
+    include_valid: bool = False,
+    exclude_valid: bool = False,
+    user_context: bool = True,
+) -> list[Query]:
+    """One :class:`Query` per user, as the engine builds it for a request.
 
+    The history (items, times, event types, oldest first) is the user's training events —
+    plus validation events with ``include_valid`` — and the context is the user table's,
+    derived by :func:`recsys.features.derive_context`, exactly as the engine's profile
+    lookup returns it (:func:`recsys.serving.profiles.split_profiles`).
 
-def build_queries(split: Split, users: IntArray, include_valid: bool = False) -> list[Query]:
-    """One :class:`Query` per user: time-ordered history and context."""
+    Args:
+        split: The split.
+        users: Dense user indices.
+        include_valid: Validation events are history (e.g. a model retrained on them).
+        exclude_valid: Validation items go to ``exclude`` (the test protocol masks them
+            without making them history).
+        user_context: Attach the user table's context (``False`` only to measure what
+            serving without it costs).
+    """
     frame = pd.concat([split.train, split.valid]) if include_valid else split.train
-    hist = histories(frame, split.dataset.n_users)
-    return [
-        Query(user=int(u), history=hist[int(u)], context=user_context(split, int(u))) for u in users
-    ]
+    data = split.dataset
+    timed = timed_histories(frame, data.n_users)
+    contexts = user_contexts(data.users) if user_context else []
+    valid = histories(split.valid, data.n_users) if exclude_valid else None
+    ids = data.user_index.ids
+    out = []
+    for u in np.asarray(users, dtype=np.int64).tolist():
+        events = timed[u]
+        out.append(
+            Query(
+                user=u,
+                user_id=ids[u],
+                history=events.items,
+                history_times=events.times,
+                history_types=events.types,
+                context=contexts[u] if u < len(contexts) else {},
+                exclude=valid[u] if valid is not None else np.zeros(0, dtype=np.int64),
+            )
+        )
+    return out
 
 
 def rank_users(
@@ -99,6 +127,50 @@ def evaluate(
     queries = build_queries(split, users, include_valid=history_includes_valid and stage == "test")
     k_max = max(max(ks), 10)
     ranked = rank_users(scorer, queries, mask, k_max, batch_size=batch_size, progress=progress)
+    return summarize(ranked, relevant, split, ks)
+
+
+Server = Callable[[Sequence[Query], int], Sequence[ItemList]]
+
+
+def evaluate_served(
+    serve: Server,
+    split: Split,
+    stage: str = "test",
+    ks: Sequence[int] = DEFAULT_KS,
+    users: IntArray | None = None,
+    user_context: bool = True,
+) -> dict[str, float]:
+    """Evaluate the slates a server returns (e.g. :meth:`recsys.serving.Engine.serve`).
+
+    The benchmarks' path: the queries are the ones the engine builds for a request
+    (:func:`build_queries`), and the lists are whatever the engine's stages answer, so the
+    figures are those of the served system. For the test stage the validation items are in
+    each query's ``exclude`` (masked, not history), the training items in its history.
+
+    Args:
+        serve: ``(queries, k) -> one ItemList per query``.
+        split: The split; ``stage`` picks ``"valid"`` or ``"test"`` as the relevant items.
+        stage: ``"valid"`` or ``"test"``.
+        ks: Cut-offs for the accuracy metrics.
+        users: Only these dense users (default: every user with a target interaction).
+        user_context: Queries carry the user table's context (see :func:`build_queries`).
+
+    Returns:
+        The metrics of :func:`evaluate`.
+    """
+    if stage not in ("valid", "test"):
+        raise ValueError(f"stage: must be 'valid' or 'test', not {stage!r}")
+    dataset = split.dataset
+    target = split.test if stage == "test" else split.valid
+    if users is None:
+        users = np.unique(target["user"].to_numpy(np.int64))
+    relevant = interaction_matrix(target, dataset.n_users, dataset.n_items)[users]
+    queries = build_queries(split, users, exclude_valid=stage == "test", user_context=user_context)
+    k_max = max(max(ks), 10)
+    ranked = np.full((len(queries), k_max), -1, dtype=np.int64)
+    for row, slate in enumerate(serve(queries, k_max)):
+        ranked[row, : len(slate)] = slate.items[:k_max]
     return summarize(ranked, relevant, split, ks)
 
 

@@ -15,11 +15,12 @@ event. Both come out of the same state.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
 from recsys.config import ComponentConfig
@@ -104,6 +105,8 @@ class UserState:
     first_event_time: float | None = None
     last_event_time: float | None = None
     recent_items: list[str] = field(default_factory=list)
+    recent_times: list[float] = field(default_factory=list)
+    recent_types: list[str] = field(default_factory=list)
     session_id: str = ""
     session_start: float | None = None
     session_length: int = 0
@@ -119,6 +122,8 @@ class UserState:
             "first_event_time": self.first_event_time,
             "last_event_time": self.last_event_time,
             "recent_items": list(self.recent_items),
+            "recent_times": list(self.recent_times),
+            "recent_types": list(self.recent_types),
             "session_id": self.session_id,
             "session_start": self.session_start,
             "session_length": self.session_length,
@@ -169,10 +174,16 @@ def fold_user(
     state.session_length += 1
     if previous is None or t >= previous:
         state.last_event_time = t
-    recent = state.recent_items
+    recent, recent_times, recent_types = state.recent_items, state.recent_times, state.recent_types
+    if len(recent_times) != len(recent):  # a state written before times were kept
+        recent_times[:] = [math.nan] * len(recent)
+        recent_types[:] = [""] * len(recent)
     recent.append(event.item_id)
+    recent_times.append(t)
+    recent_types.append(event.event_type)
     if len(recent) > config.recent_items:
-        del recent[: len(recent) - config.recent_items]
+        drop = len(recent) - config.recent_items
+        del recent[:drop], recent_times[:drop], recent_types[:drop]
     genres = catalog.genres(event.item_id)
     if genres:
         # Decayed counts are kept relative to an anchor time `genre_ref_time`:
@@ -320,6 +331,16 @@ USER_FEATURES: tuple[FeatureDef, ...] = (
         lambda s, *_: list(s.recent_items),
     ),
     FeatureDef(
+        "user_last_item_times", "user", "online", "list[float]", [], None,
+        "Unix time of each of the user's last N items (aligned with user_last_items).",
+        lambda s, *_: list(s.recent_times),
+    ),
+    FeatureDef(
+        "user_last_item_types", "user", "online", "list[str]", [], None,
+        "Event type of each of the user's last N items (aligned with user_last_items).",
+        lambda s, *_: list(s.recent_types),
+    ),
+    FeatureDef(
         "user_session_id", "user", "online", "str", "", SESSION_GAP_SECONDS,
         "Current session id (a new session starts after a gap > session_gap_seconds).",
         lambda s, *_: s.session_id, ttl_from="session_gap_seconds",
@@ -441,3 +462,146 @@ def item_features(
 def genre_vector(values: Mapping[str, float], genres: list[str]) -> np.ndarray:
     """A dict feature (``user_genre_affinity`` …) as a dense float32 vector over ``genres``."""
     return np.asarray([values.get(g, 0.0) for g in genres], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- request context
+#
+# User context reaches a model from three places — the user table (training, offline
+# evaluation, and the engine's profile lookup), the online store and the request itself — and
+# every one of them goes through `derive_context` so a model sees the same keys at training
+# and at serving time.
+
+# MovieLens-1M's age bands: (exclusive upper bound, label); the last band is open-ended
+AGE_BANDS: tuple[tuple[float, str], ...] = (
+    (18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"),
+    (math.inf, "56+"),
+)  # fmt: skip
+
+# user-table columns that identify rather than describe a user: never model inputs
+IDENTIFYING_COLUMNS = frozenset({"zip", "zip_code", "title", "name", "user_id"})
+
+
+def age_band(age: object) -> str | None:
+    """Age band label of an age in years; ``None`` when the age is missing or not a number."""
+    try:
+        years = float(age)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(years):
+        return None
+    return next(label for upper, label in AGE_BANDS if years < upper)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def derive_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Context with missing values dropped and derived keys added (THE context derivation).
+
+    Derived keys: ``age_band`` from ``age`` when the band is not given. Identifying columns
+    (``zip``, ...) are dropped: they are not model inputs.
+    """
+    out = {k: v for k, v in context.items() if not _missing(v) and k not in IDENTIFYING_COLUMNS}
+    if "age_band" not in out and "age" in out:
+        band = age_band(out["age"])
+        if band is not None:
+            out["age_band"] = band
+    return out
+
+
+def derive_context_columns(frame: Any) -> Any:
+    """:func:`derive_context` for a frame of contexts (one row each), as new columns."""
+    out = frame.drop(columns=[c for c in frame.columns if c in IDENTIFYING_COLUMNS])
+    if "age" in out and "age_band" not in out:
+        # right after its source: column order is feature order for the models
+        out.insert(out.columns.get_loc("age") + 1, "age_band", [age_band(a) for a in out["age"]])
+    return out
+
+
+# raw context columns that models see only through the key derived from them
+REPLACED_BY_DERIVED = {"age": "age_band"}
+
+
+def model_context_columns(users: Any) -> Any:
+    """The categorical user-context columns a model learns from (derived, raw sources dropped)."""
+    derived = derive_context_columns(users)
+    return derived.drop(columns=[c for c in REPLACED_BY_DERIVED if c in derived.columns])
+
+
+def user_contexts(users: Any) -> list[dict[str, Any]]:
+    """Per dense user index, the derived context of the user table (``Dataset.users``).
+
+    The one source of stored user context: training, offline evaluation and the engine's
+    profile lookup all read it from here.
+    """
+    if users is None or len(users) == 0:
+        return []
+    records = users.to_dict("records")
+    return [derive_context(row) for row in records]
+
+
+# --------------------------------------------------------------------------- history
+
+
+def merge_history(
+    items: npt.ArrayLike,
+    times: npt.ArrayLike,
+    later_items: npt.ArrayLike,
+    later_times: npt.ArrayLike,
+    types: Sequence[str] | None = None,
+    later_types: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+    """One time-ordered history from two event sources (THE history merge).
+
+    The offline history (a batch snapshot) and the online store's recent events overlap when
+    the store also saw events the snapshot holds; an event present in both — same item, same
+    timestamp — counts once. Everything is ordered by time (stable: the first source first on
+    ties); repeats of an item at different times are kept.
+
+    Args:
+        items: First source's dense item indices (e.g. the offline history).
+        times: Their Unix times.
+        later_items: Second source's dense item indices (e.g. the online store's events).
+        later_times: Their Unix times.
+        types: Event types of the first source (``None``: unknown).
+        later_types: Event types of the second source.
+
+    Returns:
+        ``(items, times, types)`` oldest first; ``types`` is ``None`` unless every kept event
+        has one.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    times = np.asarray(times, dtype=np.float64)
+    later_items = np.asarray(later_items, dtype=np.int64)
+    later_times = np.asarray(later_times, dtype=np.float64)
+    if times.shape != items.shape or later_times.shape != later_items.shape:
+        raise ValueError("merge_history: every event needs a time")
+    if not len(later_items):
+        return items, times, None if types is None else tuple(types)
+    # only events of the first source at or after the earliest later event can be repeats
+    overlap = times >= later_times.min()
+    if overlap.any():
+        known = set(zip(items[overlap].tolist(), times[overlap].tolist(), strict=True))
+        fresh = np.fromiter(
+            (
+                key not in known
+                for key in zip(later_items.tolist(), later_times.tolist(), strict=True)
+            ),
+            dtype=bool,
+            count=len(later_items),
+        )
+    else:
+        fresh = np.ones(len(later_items), dtype=bool)
+    merged_items = np.concatenate([items, later_items[fresh]])
+    merged_times = np.concatenate([times, later_times[fresh]])
+    merged_types: tuple[str, ...] | None = None
+    if (types is not None or not len(items)) and (later_types is not None or not fresh.any()):
+        kept = [t for t, f in zip(later_types or (), fresh.tolist(), strict=False) if f]
+        merged_types = (*(types or ()), *kept)
+    if len(merged_times) > 1 and np.any(np.diff(merged_times) < 0):
+        order = np.argsort(merged_times, kind="stable")
+        merged_items, merged_times = merged_items[order], merged_times[order]
+        if merged_types is not None:
+            merged_types = tuple(merged_types[i] for i in order.tolist())
+    return merged_items, merged_times, merged_types

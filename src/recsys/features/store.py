@@ -43,6 +43,7 @@ from recsys.features.definitions import (
     ItemInfoCatalog,
     UserState,
     fold_user,
+    merge_history,
     user_features,
 )
 from recsys.features.events import Event
@@ -62,6 +63,8 @@ class UserProfile:
     Attributes:
         user_id: External user id.
         recent_items: Last N external item ids, oldest first.
+        recent_times: Unix time of each recent item (empty when the state predates them).
+        recent_types: Event type of each recent item.
         session_id: Current session id ("" when no live session).
         session_length: Events in the current session (0 when none).
         genre_counts: Decayed per-genre counts at ``as_of``.
@@ -75,6 +78,8 @@ class UserProfile:
 
     user_id: str
     recent_items: tuple[str, ...] = ()
+    recent_times: tuple[float, ...] = ()
+    recent_types: tuple[str, ...] = ()
     session_id: str = ""
     session_length: int = 0
     genre_counts: Mapping[str, float] = field(default_factory=dict)
@@ -107,6 +112,8 @@ class UserProfile:
         return cls(
             user_id=str(user_id),
             recent_items=tuple(values["user_last_items"]),
+            recent_times=tuple(values["user_last_item_times"]),
+            recent_types=tuple(values["user_last_item_types"]),
             session_id=values["user_session_id"],
             session_length=int(values["user_session_length"]),
             genre_counts=values["user_genre_decayed"],
@@ -124,6 +131,7 @@ def profile_to_query(
     base_history: Sequence[int] | np.ndarray | None = None,
     context: Mapping[str, Any] | None = None,
     consent: bool = True,
+    base_times: Sequence[float] | np.ndarray | None = None,
 ) -> Query:
     """Turn a profile into a :class:`~recsys.types.Query` for a retriever.
 
@@ -131,40 +139,53 @@ def profile_to_query(
         profile: The user's online profile.
         item_index: External item id → dense index (unknown items are dropped).
         user_index: External user id → dense index (``None`` user when unknown / not given).
-        base_history: Dense item indices known offline (e.g. the training history); the
-            profile's recent items are appended after it, without repeating an item.
+        base_history: Dense item indices known offline (e.g. the training history).
         context: Request context.
         consent: Without consent the query carries no user and no history (context only).
+        base_times: Unix time of each ``base_history`` event; without them the base events
+            are taken to precede every online event.
 
     Returns:
-        A query whose history is ``base_history`` followed by the profile's recent items.
+        A query whose history is :func:`~recsys.features.definitions.merge_history` of the
+        base history and the profile's recent events.
     """
     if not consent:
         return Query(user=None, context=dict(context or {}), timestamp=profile.as_of, consent=False)
-    recent = item_index.indices(profile.recent_items)
-    if base_history is not None and len(base_history):
-        base = np.asarray(base_history, dtype=np.int64)
-        recent = recent[~np.isin(recent, base)]
-        # keep the latest occurrence order of repeated recent items
-        history = np.concatenate([base, _dedupe_keep_last(recent)])
-    else:
-        history = _dedupe_keep_last(recent)
+    items, times, _ = recent_events(profile, item_index)
+    base = np.zeros(0, dtype=np.int64) if base_history is None else base_history
+    if base_times is None:
+        base_times = np.full(len(base), -np.inf)
+    history, history_times, _ = merge_history(base, base_times, items, times)
     user = user_index.index(profile.user_id) if user_index is not None else None
     return Query(
         user=user,
         history=history,
+        history_times=history_times,
         context=dict(context or {}),
         timestamp=profile.as_of,
         session_id=profile.session_id or None,
+        user_id=profile.user_id,
     )
 
 
-def _dedupe_keep_last(items: np.ndarray) -> np.ndarray:
-    if len(items) == 0:
-        return items
-    reversed_items = items[::-1]
-    _, first = np.unique(reversed_items, return_index=True)
-    return reversed_items[np.sort(first)][::-1]
+def recent_events(
+    profile: UserProfile, item_index: IdIndex
+) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """The profile's recent events as dense item indices, times and types (unknown items dropped).
+
+    A state written before event times were kept has none: its events then count as the
+    newest, in their stored order, and their types are unknown (``None``).
+    """
+    positions = [item_index.index(i) for i in profile.recent_items]
+    known = [j for j, p in enumerate(positions) if p is not None]
+    items = np.asarray([positions[j] for j in known], dtype=np.int64)
+    if len(profile.recent_times) != len(profile.recent_items):
+        return items, np.full(len(items), np.inf), None
+    times = np.asarray([profile.recent_times[j] for j in known], dtype=np.float64)
+    types = None
+    if len(profile.recent_types) == len(profile.recent_items):
+        types = [profile.recent_types[j] for j in known]
+    return items, np.where(np.isnan(times), np.inf, times), types
 
 
 class OnlineStore(ABC):

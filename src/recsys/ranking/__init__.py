@@ -5,14 +5,14 @@ two-tower retriever; import it from there.
 """
 
 from recsys.ranking.features import CandidateFeatureConfig, CandidateFeaturizer
-from recsys.ranking.model import DCNRanker
-from recsys.ranking.ranker import Ranker, RankerConfig, retrieve_candidates
+from recsys.ranking.model import DCNRanker, FusedDCNBag
+from recsys.ranking.ranker import Ranker, RankerConfig
 
 __all__ = [
     "CandidateFeatureConfig",
     "CandidateFeaturizer",
     "DCNRanker",
+    "FusedDCNBag",
     "Ranker",
     "RankerConfig",
-    "retrieve_candidates",
 ]

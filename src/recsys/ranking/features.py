@@ -1,19 +1,30 @@
 """Per-candidate features of the ranking stage, computed from training data only.
 
 For a query (user, history, context) and its retrieved candidates (items + retrieval scores)
-:class:`CandidateFeaturizer` builds a dense (B, C, F) tensor. Every statistic is fitted on
-``split.train``: the ranker is trained on validation interactions and evaluated on test ones,
-so nothing it sees is computed from a held-out event.
+:class:`CandidateFeaturizer` computes named features (:meth:`CandidateFeaturizer.features`,
+one (B, C) array per name; :meth:`~CandidateFeaturizer.frame` gives them as a table for
+drift monitoring). Every statistic is fitted on ``split.train``: the ranker is trained on
+validation interactions and evaluated on test ones, so nothing it sees comes from a held-out
+event.
+
+Request-path cost is proportional to the candidates, not the catalogue: every item–item
+statistic is stored *per target item* as its strongest ``max_neighbors`` source items
+(:class:`ItemItem`), so a candidate's score reads one short row and checks which sources are
+in the history. Memory is O(n_items · max_neighbors) per statistic, not n_items².
 
 Features (``FEATURE_NAMES``):
 
 * retrieval: the retriever's score, its z-score within the list, log rank in the list;
-* item–item: an EASE score (closed-form item autoencoder fitted on train) of the candidate
-  from the history, its z-score and log rank in the list; cosine item-kNN score;
+* item–item from the history: EASE (closed-form item autoencoder) score, z-score and log
+  rank; cosine item-kNN score and z-score; RP3β score and z-score; sequential co-occurrence
+  score and z-score;
+* user–user: user-kNN score and z-score (the history's nearest training users);
 * item: log popularity, log recency-weighted popularity (half-life), days since the item was
   last seen in train (recency), release year;
 * user × item: genre affinity (cosine of the history's genre profile with the item's genres),
-  popularity gap (item log-pop minus the history's mean log-pop), history length;
+  popularity gap (item log-pop minus the history's mean log-pop), history length, time
+  affinity (how much the item was consumed in the weeks the history was) and its z-score,
+  context lift (how much more the user's context group consumes the item);
 * session / recent items: genre overlap with the last ``session_length`` items, max and mean
   embedding cosine with them (two-tower item vectors when given).
 """
@@ -25,12 +36,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 
 from recsys.config import ComponentConfig
 from recsys.data.splits import Split
-from recsys.retrieval.base import history_matrix
+from recsys.features.definitions import derive_context, model_context_columns
 from recsys.retrieval.baselines import cosine_knn, ease_weights, item_gram
 from recsys.types import FloatArray, IntArray, Query
 
@@ -70,7 +82,15 @@ class CandidateFeatureConfig(ComponentConfig):
 
     ease_l2: float = Field(250.0, gt=0.0, le=1e7, description="EASE λ of the item–item score.")
     max_ease_items: int = Field(
-        25_000, ge=0, description="Skip the EASE feature above this many items (n² memory)."
+        25_000, ge=0, description="Skip the EASE feature above this many items (n² to fit)."
+    )
+    max_neighbors: int = Field(
+        500,
+        ge=1,
+        le=1_000_000,
+        description="Source items kept per target item in every item–item statistic (the "
+        "strongest by absolute weight): request cost and memory grow with it, not with the "
+        "catalogue.",
     )
     knn_neighbors: int = Field(100, ge=1, le=100_000)
     recency_half_life_days: float = Field(30.0, gt=0.0)
@@ -83,38 +103,148 @@ class CandidateFeatureConfig(ComponentConfig):
 
 
 def _zscore(x: FloatArray) -> FloatArray:
-    mean = x.mean(axis=1, keepdims=True)
-    std = x.std(axis=1, keepdims=True)
-    return (x - mean) / (std + 1e-6)
+    mean = x.mean(axis=-1, keepdims=True)
+    std = x.std(axis=-1, keepdims=True)
+    return ((x - mean) / (std + 1e-6)).astype(np.float32)
 
 
 def _log_rank(x: FloatArray) -> FloatArray:
-    order = np.argsort(-x, axis=1, kind="stable")
+    order = np.argsort(-x, axis=-1, kind="stable")
     ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(x.shape[1])[None, :].repeat(len(x), 0), axis=1)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(x.shape[-1]), x.shape), axis=-1)
     return np.log1p(ranks).astype(np.float32)
 
 
+def _gather_rows(matrix: sp.csr_matrix, rows: IntArray) -> tuple[IntArray, IntArray, FloatArray]:
+    """(segment, column, value) of every stored entry of ``matrix[rows]``, row by row."""
+    starts = matrix.indptr[rows]
+    lengths = matrix.indptr[rows + 1] - starts
+    total = int(lengths.sum())
+    segment = np.repeat(np.arange(len(rows)), lengths)
+    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    positions = np.repeat(starts, lengths) + offsets
+    return segment, matrix.indices[positions], matrix.data[positions]
+
+
+class ItemItem:
+    """An item–item statistic stored per *target* item: its strongest source items.
+
+    ``score(in_history, targets)[c] = Σ_{j ∈ history} W[j, targets[c]]`` over the kept
+    sources, in O(len(targets) · max_neighbors) — independent of the catalogue size. The
+    rows are kept padded to one width (ELL layout: padding has weight 0), so a request is a
+    few contiguous gathers and one masked row sum.
+
+    Args:
+        by_target: CSR (n_items × n_items); row ``t`` holds the weights of target ``t``'s
+            sources.
+    """
+
+    def __init__(self, by_target: sp.csr_matrix) -> None:
+        self.by_target = sp.csr_matrix(by_target, dtype=np.float32)
+        self.by_target.sort_indices()
+        n = self.by_target.shape[0]
+        lengths = np.diff(self.by_target.indptr)
+        width = max(1, int(lengths.max(initial=0)))
+        self._sources = np.zeros((n, width), dtype=np.int32)
+        self._weights = np.zeros((n, width), dtype=np.float32)
+        rows = np.repeat(np.arange(n), lengths)
+        cols = np.arange(len(rows)) - np.repeat(self.by_target.indptr[:-1], lengths)
+        self._sources[rows, cols] = self.by_target.indices
+        self._weights[rows, cols] = self.by_target.data
+
+    @classmethod
+    def from_source_major(cls, weights: Any, max_neighbors: int) -> ItemItem:
+        """From W (source × target, dense or sparse), keeping the top sources per target."""
+        if sp.issparse(weights):
+            by_target = sp.csr_matrix(weights.T, dtype=np.float32)
+            return cls(_top_per_row(by_target, max_neighbors))
+        dense = np.asarray(weights, dtype=np.float32).T  # target × source
+        n = dense.shape[0]
+        k = min(max_neighbors, dense.shape[1])
+        if k < dense.shape[1]:
+            keep = np.argpartition(-np.abs(dense), k - 1, axis=1)[:, :k]
+            values = np.take_along_axis(dense, keep, axis=1)
+            by_target = sp.csr_matrix(
+                (values.ravel(), keep.ravel(), np.arange(0, n * k + 1, k)), shape=dense.shape
+            )
+        else:
+            by_target = sp.csr_matrix(dense)
+        by_target.eliminate_zeros()
+        return cls(by_target)
+
+    def score(self, in_history: np.ndarray, targets: IntArray) -> FloatArray:
+        """Sum of each target's kept weights from sources flagged in ``in_history`` (n,)."""
+        hit = in_history[self._sources[targets]]
+        return np.einsum("ij,ij->i", self._weights[targets], hit, dtype=np.float32)
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        """Arrays that restore this statistic (keys start with ``prefix``)."""
+        return _csr_state(self.by_target, prefix)
+
+    @classmethod
+    def from_state(cls, state: dict[str, np.ndarray], prefix: str) -> ItemItem | None:
+        """Inverse of :meth:`state` (``None`` when the statistic was not saved)."""
+        if f"{prefix}_data" not in state:
+            return None
+        return cls(_csr_from_state(state, prefix))
+
+
+def _top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the ``k`` largest-magnitude entries of each CSR row."""
+    lengths = np.diff(matrix.indptr)
+    if lengths.max(initial=0) <= k:
+        return matrix
+    data, indices, indptr = [], [], [0]
+    for row in range(matrix.shape[0]):
+        lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+        values, columns = matrix.data[lo:hi], matrix.indices[lo:hi]
+        if hi - lo > k:
+            keep = np.argpartition(-np.abs(values), k - 1)[:k]
+            values, columns = values[keep], columns[keep]
+        data.append(values)
+        indices.append(columns)
+        indptr.append(indptr[-1] + len(values))
+    return sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices), np.asarray(indptr)), shape=matrix.shape
+    )
+
+
+def _csr_state(matrix: sp.csr_matrix, prefix: str) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_data": matrix.data,
+        f"{prefix}_indices": matrix.indices,
+        f"{prefix}_indptr": matrix.indptr,
+        f"{prefix}_shape": np.asarray(matrix.shape),
+    }
+
+
+def _csr_from_state(state: dict[str, np.ndarray], prefix: str) -> sp.csr_matrix:
+    return sp.csr_matrix(
+        (state[f"{prefix}_data"], state[f"{prefix}_indices"], state[f"{prefix}_indptr"]),
+        shape=tuple(int(x) for x in state[f"{prefix}_shape"]),
+    )
+
+
 class CandidateFeaturizer:
-    """Fitted statistics → (B, C, F) dense features of candidate lists."""
+    """Fitted statistics → named per-candidate features of candidate lists."""
 
     def __init__(self, config: CandidateFeatureConfig | None = None) -> None:
         self.config = config or CandidateFeatureConfig()
         self.n_items = 0
-        self.ease: FloatArray | None = None
-        self.knn: sp.csr_matrix | None = None
+        self.ease: ItemItem | None = None
+        self.knn: ItemItem | None = None
+        self.rp3: ItemItem | None = None
+        self.seq: ItemItem | None = None
         self.log_pop: FloatArray | None = None
         self.log_recent_pop: FloatArray | None = None
         self.days_since_seen: FloatArray | None = None
         self.year: FloatArray | None = None
-        self.genres: sp.csr_matrix | None = None
+        self.genres: FloatArray | None = None  # (n, G) multi-hot
+        self.item_genres: FloatArray | None = None  # (n, G) rows L2-normalised
         self.item_vectors: FloatArray | None = None
-        self.user_rows: sp.csr_matrix | None = None
-        self.user_matrix: sp.csr_matrix | None = None
-        self.seq: sp.csr_matrix | None = None
-        self.rp3: FloatArray | None = None
-        self.item_time: FloatArray | None = None
-        self.user_time: FloatArray | None = None
+        self.users_of_item: sp.csr_matrix | None = None  # item → users, user rows normalised
+        self.user_items: sp.csr_matrix | None = None  # user → items (binary)
+        self.item_time: sp.csr_matrix | None = None  # item → share of each time bin
         self.time_origin = 0.0
         self.n_time_bins = 1
         self.context_lift: dict[str, dict[str, np.ndarray]] = {}
@@ -132,9 +262,9 @@ class CandidateFeaturizer:
         matrix = split.train_matrix()
         gram = item_gram(matrix)
         if 0 < n <= c.max_ease_items:
-            self.ease = ease_weights(gram, c.ease_l2)
+            self.ease = ItemItem.from_source_major(ease_weights(gram, c.ease_l2), c.max_neighbors)
         counts = np.diag(gram).copy()
-        self.knn = cosine_knn(gram, c.knn_neighbors)
+        self.knn = ItemItem.from_source_major(cosine_knn(gram, c.knn_neighbors), c.max_neighbors)
         del gram
         train = split.train
         ts = train["timestamp"].to_numpy(np.float64)
@@ -153,20 +283,54 @@ class CandidateFeaturizer:
         fill = np.nanmedian(years) if np.isfinite(years).any() else 0.0
         years = np.where(np.isfinite(years), years, fill)
         self.year = ((years - fill) / 10.0).astype(np.float32)
-        genres = data.genre_matrix().astype(np.float32)
-        self.genres = sp.csr_matrix(genres)
+        self._set_genres(data.genre_matrix().toarray().astype(np.float32))
         self.item_vectors = None if item_vectors is None else np.asarray(item_vectors, np.float32)
-        # user-kNN: the training matrix, rows L2-normalised
+        # user-kNN: users of each item, user rows L2-normalised
         x = matrix.astype(np.float32)
         row_norm = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-        self.user_rows = sp.csr_matrix(sp.diags(1.0 / np.maximum(row_norm, 1e-9)) @ x)
-        self.user_matrix = sp.csr_matrix(x)
-        # sequential co-occurrence: items consumed within seq_window steps of each other
+        self.users_of_item = sp.csr_matrix((sp.diags(1.0 / np.maximum(row_norm, 1e-9)) @ x).T)
+        self.user_items = sp.csr_matrix(x)
+        self.seq = ItemItem.from_source_major(
+            self._sequence_weights(train, counts), c.max_neighbors
+        )
+        self.rp3 = self._fit_rp3(x, counts)
+        self._fit_time(ts, items, n)
+        self._fit_context(data, items, counts, n, train)
+        return self
+
+    def _set_genres(self, genres: FloatArray) -> None:
+        self.genres = genres
+        self.item_genres = genres / (np.linalg.norm(genres, axis=1, keepdims=True) + 1e-9)
+
+    def _fit_rp3(self, x: sp.csr_matrix, counts: np.ndarray) -> ItemItem:
+        """RP3β: two random-walk steps item → user → item, popularity-penalised.
+
+        Built a block of target items at a time, keeping each target's strongest sources, so
+        fitting never holds the n_items² walk matrix.
+        """
+        c = self.config
+        n = self.n_items
+        p_ui = sp.csr_matrix(sp.diags(1.0 / np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1.0)) @ x)
+        p_iu = sp.csr_matrix(sp.diags(1.0 / np.maximum(counts, 1.0)) @ x.T)
+        penalty = 1.0 / np.power(np.maximum(counts, 1.0), c.rp3_beta)
+        blocks = []
+        for start in range(0, n, 2048):
+            targets = np.arange(start, min(n, start + 2048))
+            walk = np.asarray((p_iu @ p_ui[:, targets]).todense(), dtype=np.float32)
+            walk *= penalty[targets][None, :].astype(np.float32)
+            walk[targets, np.arange(len(targets))] = 0.0
+            blocks.append(ItemItem.from_source_major(walk, c.max_neighbors).by_target)
+        by_target = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((n, n))
+        return ItemItem(sp.csr_matrix(by_target, shape=(n, n)))
+
+    def _sequence_weights(self, train: pd.DataFrame, counts: np.ndarray) -> sp.csr_matrix:
+        """Items consumed within ``seq_window`` steps of each other, degree-normalised."""
+        n = self.n_items
         ordered = train.sort_values(["user", "timestamp"], kind="stable")
         seq_items = ordered["item"].to_numpy(np.int64)
         seq_users = ordered["user"].to_numpy(np.int64)
-        src, dst = [], []
-        for d in range(1, c.seq_window + 1):
+        src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for d in range(1, self.config.seq_window + 1):
             same = seq_users[d:] == seq_users[:-d]
             src.append(seq_items[:-d][same])
             dst.append(seq_items[d:][same])
@@ -174,15 +338,11 @@ class CandidateFeaturizer:
         co = sp.csr_matrix((np.ones(len(src_a), np.float32), (src_a, dst_a)), shape=(n, n))
         co = co + co.T
         inv = sp.diags((1.0 / np.sqrt(counts + 1.0)).astype(np.float32))
-        self.seq = sp.csr_matrix(inv @ co @ inv)
-        # RP3β: two random-walk steps item → user → item, popularity-penalised
-        p_ui = sp.diags(1.0 / np.maximum(np.asarray(x.sum(axis=1)).ravel(), 1.0)) @ x
-        p_iu = sp.diags(1.0 / np.maximum(counts, 1.0)) @ x.T
-        w = np.asarray((p_iu @ p_ui).todense(), dtype=np.float32)
-        w /= np.power(np.maximum(counts, 1.0), c.rp3_beta).astype(np.float32)[None, :]
-        np.fill_diagonal(w, 0.0)
-        self.rp3 = w
-        # time affinity: how much each item was consumed when the user was active
+        return sp.csr_matrix(inv @ co @ inv)
+
+    def _fit_time(self, ts: np.ndarray, items: IntArray, n: int) -> None:
+        """Each item's share of every time bin's activity (sparse: smoothing is truncated)."""
+        c = self.config
         t0 = float(ts.min()) if len(ts) else 0.0
         bins = ((ts - t0) / 86400.0 / c.time_bin_days).astype(np.int64)
         n_bins = int(bins.max()) + 1 if len(bins) else 1
@@ -192,169 +352,200 @@ class CandidateFeaturizer:
             from scipy.ndimage import gaussian_filter1d
 
             item_time = gaussian_filter1d(item_time, c.time_smooth_bins, axis=1, mode="constant")
-        item_time /= item_time.sum(axis=0, keepdims=True) + 1e-9  # share of each bin's activity
-        users = train["user"].to_numpy(np.int64)
-        user_time = np.zeros((data.n_users, n_bins), dtype=np.float64)
-        np.add.at(user_time, (users, bins), 1.0)
-        user_time /= user_time.sum(axis=1, keepdims=True) + 1e-9
-        self.item_time = item_time.astype(np.float32)
-        self.user_time = user_time.astype(np.float32)
+        item_time /= item_time.sum(axis=0, keepdims=True) + 1e-9
+        self.item_time = sp.csr_matrix(item_time.astype(np.float32))
         self.time_origin, self.n_time_bins = t0, n_bins
-        # context lift: log p(item | context value) / p(item), from training users
-        self.context_lift: dict[str, dict[str, np.ndarray]] = {}
-        if len(data.users):
-            from recsys.retrieval.two_tower.features import age_band
 
-            base = (counts + 1.0) / (counts.sum() + n)
-            for column in data.users.columns:
-                if column in ("zip", "zip_code"):
-                    continue
-                raw = data.users[column]
-                name = "age_band" if column == "age" else str(column)
-                values = np.asarray(
-                    [age_band(v) if column == "age" else str(v) for v in raw], dtype=object
-                )
-                distinct = sorted(set(values))
-                if not 1 < len(distinct) <= 200:
-                    continue
-                lifts = {}
-                user_value = values[users]
-                for value in distinct:
-                    sel = items[user_value == value]
-                    cnt = np.bincount(sel, minlength=n).astype(np.float64)
-                    p = (cnt + 1.0) / (cnt.sum() + n)
-                    lifts[value] = np.log(p / base).astype(np.float32)
-                self.context_lift[name] = lifts
-        return self
+    def _fit_context(
+        self, data: Any, items: IntArray, counts: np.ndarray, n: int, train: pd.DataFrame
+    ) -> None:
+        """Context lift: log p(item | context value) / p(item), from training users' events."""
+        self.context_lift = {}
+        if not len(data.users):
+            return
+        columns = model_context_columns(data.users)
+        users = train["user"].to_numpy(np.int64)
+        base = (counts + 1.0) / (counts.sum() + n)
+        for name in columns.columns:
+            values = np.asarray([str(v) for v in columns[name]], dtype=object)
+            known = columns[name].notna().to_numpy()
+            distinct = sorted(set(values[known]))
+            if not 1 < len(distinct) <= 200:
+                continue
+            lifts = {}
+            user_value = values[users]
+            for value in distinct:
+                cnt = np.bincount(items[user_value == value], minlength=n).astype(np.float64)
+                p = (cnt + 1.0) / (cnt.sum() + n)
+                lifts[value] = np.log(p / base).astype(np.float32)
+            self.context_lift[str(name)] = lifts
 
-    def transform(
+    # ------------------------------------------------------------------ transform
+    def features(
         self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray
-    ) -> FloatArray:
-        """Dense features (B, C, F) of each query's candidates.
+    ) -> dict[str, FloatArray]:
+        """Named features, each (B, C), of each query's candidates.
 
         Args:
             queries: B queries (their histories are the user profile).
             candidates: (B, C) item indices.
             retrieval_scores: (B, C) the retriever's scores of those candidates.
         """
-        assert self.log_pop is not None and self.genres is not None and self.knn is not None
+        assert self.log_pop is not None and self.knn is not None
         cand = np.asarray(candidates, dtype=np.int64)
         ret = np.asarray(retrieval_scores, dtype=np.float32)
-        b, c = cand.shape
-        rows = np.arange(b)[:, None]
-        hist = history_matrix(queries, self.n_items)  # (B, n) binary
-        out = np.zeros((b, c, len(FEATURE_NAMES)), dtype=np.float32)
         ret = np.where(np.isfinite(ret), ret, 0.0).astype(np.float32)
-        out[..., 0] = ret
-        out[..., 1] = _zscore(ret)
-        out[..., 2] = _log_rank(ret)
-        if self.ease is not None:
-            ease = np.asarray(hist @ self.ease)[rows, cand]
-            out[..., 3] = ease
-            out[..., 4] = _zscore(ease)
-            out[..., 5] = _log_rank(ease)
-        knn = np.asarray((hist @ self.knn).todense())[rows, cand]
-        n_hist = np.asarray(hist.sum(axis=1)).ravel().astype(np.float32)
-        out[..., 6] = knn / np.sqrt(np.maximum(n_hist, 1.0))[:, None]
-        out[..., 7] = _zscore(knn)
-        out[..., 8] = self.log_pop[cand]
-        out[..., 9] = self.log_recent_pop[cand]
-        out[..., 10] = self.days_since_seen[cand]
-        out[..., 11] = self.year[cand]
-        profile = np.asarray((hist @ self.genres).todense())  # (B, G)
-        profile /= np.linalg.norm(profile, axis=1, keepdims=True) + 1e-9
-        item_g = self.genres.toarray()
-        item_g /= np.linalg.norm(item_g, axis=1, keepdims=True) + 1e-9
-        out[..., 12] = np.einsum("bg,bcg->bc", profile, item_g[cand])
-        hist_pop = np.asarray(hist @ self.log_pop).ravel() / np.maximum(n_hist, 1.0)
-        out[..., 13] = self.log_pop[cand] - hist_pop[:, None]
-        out[..., 14] = np.log1p(n_hist)[:, None]
-        sims = np.asarray((hist @ self.user_rows.T).todense(), dtype=np.float32)  # (B, U)
-        sims /= np.sqrt(np.maximum(n_hist, 1.0))[:, None]
-        k = min(self.config.user_neighbors, sims.shape[1])
-        if k < sims.shape[1]:
-            drop = np.argpartition(-sims, k - 1, axis=1)[:, k:]
-            np.put_along_axis(sims, drop, 0.0, axis=1)
-        uknn = np.asarray((sp.csr_matrix(sims) @ self.user_matrix).todense())[rows, cand]
-        out[..., 18] = uknn
-        out[..., 19] = _zscore(uknn)
-        rp3 = np.asarray(hist @ self.rp3)[rows, cand]
-        out[..., 20] = rp3 * 100.0
-        out[..., 21] = _zscore(rp3)
-        time_aff = np.zeros((b, c), dtype=np.float32)
-        for i, q in enumerate(queries):
-            profile_t = None
-            if q.user is not None and 0 <= q.user < self.user_time.shape[0]:
-                profile_t = self.user_time[q.user]
-                if profile_t.sum() <= 0:
-                    profile_t = None
-            if profile_t is None and q.timestamp is not None:
-                t_bin = int((q.timestamp - self.time_origin) / 86400.0 / self.config.time_bin_days)
-                profile_t = np.zeros(self.n_time_bins, dtype=np.float32)
-                profile_t[min(max(t_bin, 0), self.n_time_bins - 1)] = 1.0
-            if profile_t is not None:
-                time_aff[i] = self.item_time[cand[i]] @ profile_t
-        out[..., 22] = np.log1p(time_aff * 1000.0)
-        out[..., 23] = _zscore(time_aff)
-        if self.context_lift:
-            for i, q in enumerate(queries):
-                parts = []
-                for name, lifts in self.context_lift.items():
-                    value = q.context.get(name)
-                    if value is None and name == "age_band" and "age" in q.context:
-                        from recsys.retrieval.two_tower.features import age_band
+        per_query = [self._query_features(q, cand[i]) for i, q in enumerate(queries)]
+        out = {
+            name: np.stack([row[name] for row in per_query]).astype(np.float32)
+            if per_query
+            else np.zeros(cand.shape, dtype=np.float32)
+            for name in _QUERY_FEATURES
+        }
+        out["retrieval_score"] = ret
+        out["retrieval_z"] = _zscore(ret)
+        out["retrieval_log_rank"] = _log_rank(ret)
+        out["item_log_pop"] = self.log_pop[cand]
+        out["item_log_recent_pop"] = self.log_recent_pop[cand]  # type: ignore[index]
+        out["item_days_since_seen"] = self.days_since_seen[cand]  # type: ignore[index]
+        out["item_year"] = self.year[cand]  # type: ignore[index]
+        for name in ("ease", "knn", "userknn", "rp3", "seq"):
+            out[f"{name}_z"] = _zscore(out[f"{name}_score"])
+        out["ease_log_rank"] = _log_rank(out["ease_score"])
+        raw_time = out["time_affinity"]
+        out["time_affinity"] = np.log1p(raw_time * 1000.0).astype(np.float32)
+        out["time_affinity_z"] = _zscore(raw_time)
+        return {name: out[name] for name in FEATURE_NAMES}
 
-                        value = age_band(q.context["age"])
-                    if value is not None and str(value) in lifts:
-                        parts.append(lifts[str(value)][cand[i]])
-                if parts:
-                    out[i, :, 24] = np.mean(parts, axis=0)
-        seq = np.asarray((hist @ self.seq).todense())[rows, cand]
-        out[..., 25] = seq
-        out[..., 26] = _zscore(seq)
-        length = self.config.session_length
-        for i, q in enumerate(queries):
-            recent = q.history[(q.history >= 0) & (q.history < self.n_items)][-length:]
-            if not len(recent):
-                continue
-            rg = item_g[recent]  # (S, G)
-            out[i, :, 15] = ((item_g[cand[i]] @ rg.T) > 0).mean(axis=1)
+    def transform(
+        self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray
+    ) -> FloatArray:
+        """Dense features (B, C, F) in ``FEATURE_NAMES`` order (the model's input)."""
+        named = self.features(queries, candidates, retrieval_scores)
+        return np.stack([named[name] for name in FEATURE_NAMES], axis=-1)
+
+    def frame(
+        self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray
+    ) -> pd.DataFrame:
+        """The features as a table: one row per (query, candidate), one column per feature."""
+        named = self.features(queries, candidates, retrieval_scores)
+        cand = np.asarray(candidates, dtype=np.int64)
+        b, c = cand.shape
+        table = {"query": np.repeat(np.arange(b), c), "item": cand.ravel()}
+        table.update({name: values.ravel() for name, values in named.items()})
+        return pd.DataFrame(table)
+
+    def _query_features(self, query: Query, cand: IntArray) -> dict[str, np.ndarray]:
+        """The features that depend on the query's history and context, for one query."""
+        n, c = self.n_items, len(cand)
+        history = query.history[(query.history >= 0) & (query.history < n)]
+        in_history = np.zeros(n, dtype=bool)
+        in_history[history] = True
+        distinct = np.flatnonzero(in_history)
+        n_hist = float(len(distinct))
+        scale = np.sqrt(max(n_hist, 1.0))
+        zeros = np.zeros(c, dtype=np.float32)
+        out: dict[str, np.ndarray] = {
+            "ease_score": zeros if self.ease is None else self.ease.score(in_history, cand),
+            "knn_score": self.knn.score(in_history, cand) / scale,  # type: ignore[union-attr]
+            "rp3_score": self.rp3.score(in_history, cand) * 100.0,  # type: ignore[union-attr]
+            "seq_score": self.seq.score(in_history, cand),  # type: ignore[union-attr]
+            "userknn_score": self._user_knn(distinct, cand, scale),
+            "user_log_history": np.full(c, np.log1p(n_hist), dtype=np.float32),
+        }
+        assert self.item_genres is not None and self.genres is not None
+        assert self.log_pop is not None
+        profile = self.genres[distinct].sum(axis=0)
+        profile /= np.linalg.norm(profile) + 1e-9
+        out["genre_affinity"] = self.item_genres[cand] @ profile
+        hist_pop = float(self.log_pop[distinct].sum()) / max(n_hist, 1.0)
+        out["pop_gap"] = self.log_pop[cand] - hist_pop
+        out["time_affinity"] = self._time_affinity(query, cand)  # raw; scaled in features()
+        out["context_lift"] = self._context_lift(query, cand)
+        recent = history[-self.config.session_length :]
+        overlap, max_cos, mean_cos = zeros, zeros, zeros
+        if len(recent):
+            rg = self.item_genres[recent]
+            overlap = ((self.item_genres[cand] @ rg.T) > 0).mean(axis=1)
             if self.item_vectors is not None:
-                cos = self.item_vectors[cand[i]] @ self.item_vectors[recent].T  # (C, S)
-                out[i, :, 16] = cos.max(axis=1)
-                out[i, :, 17] = cos.mean(axis=1)
+                cos = self.item_vectors[cand] @ self.item_vectors[recent].T
+                max_cos, mean_cos = cos.max(axis=1), cos.mean(axis=1)
+        out["session_genre_overlap"] = overlap
+        out["session_max_cos"] = max_cos
+        out["session_mean_cos"] = mean_cos
         return out
+
+    def _user_knn(self, distinct: IntArray, cand: IntArray, scale: float) -> np.ndarray:
+        """Σ over the history's nearest training users of their interaction with each item."""
+        assert self.users_of_item is not None and self.user_items is not None
+        if not len(distinct):
+            return np.zeros(len(cand), dtype=np.float32)
+        _, users, weights = _gather_rows(self.users_of_item, distinct)
+        sims = np.bincount(users, weights=weights, minlength=self.user_items.shape[0]) / scale
+        k = min(self.config.user_neighbors, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+        top = top[sims[top] > 0]
+        position = np.full(self.n_items, -1, dtype=np.int64)
+        position[cand] = np.arange(len(cand))
+        segment, items, values = _gather_rows(self.user_items, top)
+        slot = position[items]
+        hit = slot >= 0
+        return np.bincount(
+            slot[hit], weights=values[hit] * sims[top][segment[hit]], minlength=len(cand)
+        ).astype(np.float32)
+
+    def _time_affinity(self, query: Query, cand: IntArray) -> np.ndarray:
+        """How much each candidate was consumed in the time bins of the user's history."""
+        assert self.item_time is not None
+        times = query.history_times
+        if times is not None and len(times):
+            times = times[np.isfinite(times)]
+        if times is None or not len(times):
+            if query.timestamp is None:
+                return np.zeros(len(cand), dtype=np.float32)
+            times = np.asarray([query.timestamp], dtype=np.float64)
+        bins = ((times - self.time_origin) / 86400.0 / self.config.time_bin_days).astype(np.int64)
+        profile = np.bincount(
+            np.clip(bins, 0, self.n_time_bins - 1), minlength=self.n_time_bins
+        ).astype(np.float32)
+        profile /= profile.sum()
+        return np.asarray(self.item_time[cand] @ profile, dtype=np.float32).ravel()
+
+    def _context_lift(self, query: Query, cand: IntArray) -> np.ndarray:
+        if not self.context_lift:
+            return np.zeros(len(cand), dtype=np.float32)
+        context = derive_context(query.context)
+        parts = [
+            lifts[str(value)][cand]
+            for name, lifts in self.context_lift.items()
+            if (value := context.get(name)) is not None and str(value) in lifts
+        ]
+        return np.mean(parts, axis=0) if parts else np.zeros(len(cand), dtype=np.float32)
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict[str, np.ndarray]:
         """Arrays that restore the fitted featurizer."""
-        assert self.knn is not None and self.genres is not None
+        assert self.knn is not None and self.rp3 is not None and self.seq is not None
         s: dict[str, Any] = {
             "n_items": np.asarray(self.n_items),
             "log_pop": self.log_pop,
             "log_recent_pop": self.log_recent_pop,
             "days_since_seen": self.days_since_seen,
             "year": self.year,
-            "rp3": self.rp3,
-            "item_time": self.item_time,
-            "user_time": self.user_time,
+            "genres": self.genres,
             "time": np.asarray([self.time_origin, self.n_time_bins], dtype=np.float64),
         }
-        for name in ("knn", "genres", "user_rows", "user_matrix", "seq"):
-            m = getattr(self, name)
-            s[f"{name}_data"], s[f"{name}_indices"], s[f"{name}_indptr"] = (
-                m.data,
-                m.indices,
-                m.indptr,
-            )
-            s[f"{name}_shape"] = np.asarray(m.shape)
+        for name in ("knn", "rp3", "seq", "ease"):
+            statistic = getattr(self, name)
+            if statistic is not None:
+                s.update(statistic.state(name))
+        for name in ("users_of_item", "user_items", "item_time"):
+            s.update(_csr_state(getattr(self, name), name))
         names = sorted(self.context_lift)
         spec = {name: sorted(self.context_lift[name]) for name in names}
         s["context_json"] = np.frombuffer(json.dumps(spec).encode(), dtype=np.uint8)
         for j, name in enumerate(names):
             s[f"context_{j}"] = np.stack([self.context_lift[name][v] for v in spec[name]])
-        if self.ease is not None:
-            s["ease"] = self.ease
         if self.item_vectors is not None:
             s["item_vectors"] = self.item_vectors
         return s
@@ -366,31 +557,36 @@ class CandidateFeaturizer:
         """Inverse of :meth:`state`."""
         out = cls(config)
         out.n_items = int(state["n_items"])
-        for name in ("knn", "genres", "user_rows", "user_matrix", "seq"):
-            setattr(
-                out,
-                name,
-                sp.csr_matrix(
-                    (state[f"{name}_data"], state[f"{name}_indices"], state[f"{name}_indptr"]),
-                    shape=tuple(int(x) for x in state[f"{name}_shape"]),
-                ),
-            )
-        for name in (
-            "log_pop",
-            "log_recent_pop",
-            "days_since_seen",
-            "year",
-            "rp3",
-            "item_time",
-            "user_time",
-        ):
+        for name in ("knn", "rp3", "seq", "ease"):
+            setattr(out, name, ItemItem.from_state(state, name))
+        for name in ("users_of_item", "user_items", "item_time"):
+            setattr(out, name, _csr_from_state(state, name))
+        for name in ("log_pop", "log_recent_pop", "days_since_seen", "year"):
             setattr(out, name, state[name])
+        out._set_genres(state["genres"])
         out.time_origin, out.n_time_bins = float(state["time"][0]), int(state["time"][1])
         spec = json.loads(bytes(state["context_json"]).decode())
         out.context_lift = {
             name: dict(zip(values, state[f"context_{j}"], strict=True))
             for j, (name, values) in enumerate(sorted(spec.items()))
         }
-        out.ease = state.get("ease")
         out.item_vectors = state.get("item_vectors")
         return out
+
+
+# computed per query by CandidateFeaturizer._query_features
+_QUERY_FEATURES: tuple[str, ...] = (
+    "ease_score",
+    "knn_score",
+    "rp3_score",
+    "seq_score",
+    "userknn_score",
+    "user_log_history",
+    "genre_affinity",
+    "pop_gap",
+    "time_affinity",
+    "context_lift",
+    "session_genre_overlap",
+    "session_max_cos",
+    "session_mean_cos",
+)

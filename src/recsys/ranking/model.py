@@ -107,3 +107,86 @@ class DCNRanker(nn.Module):
             pad = torch.zeros(b * c, self.cross.W_kernels[0].shape[0] - f, device=dense.device)
             x = torch.cat([x, pad], dim=1)
         return (self.mlp(self.cross(x)) + wide).reshape(b, c)
+
+
+class FusedDCNBag(nn.Module):
+    """The mean logit of several trained :class:`DCNRanker` models in one batched pass.
+
+    The bagged ranker averages K models; run one by one that is K × (norm, cross, MLP) small
+    ops per request. Here the K models' weights are stacked once (batch-norm folded into a
+    scale and shift, dropout gone: inference only) and every layer is one batched matmul.
+
+    Args:
+        models: Trained models without id embeddings, all of the same shape.
+
+    ``forward(dense (B, C, F))`` → (B, C), equal to the mean of the models' eval outputs.
+
+    Example::
+
+        >>> models = [DCNRanker(n_dense=3, hidden=(4,)).eval() for _ in range(2)]
+        >>> FusedDCNBag(models)(torch.randn(1, 5, 3)).shape
+        torch.Size([1, 5])
+    """
+
+    def __init__(self, models: list[DCNRanker]) -> None:
+        super().__init__()
+        if not models or any(m.use_ids for m in models):
+            raise ValueError("models: FusedDCNBag needs models without id embeddings")
+        norms = [m.input_norm for m in models]
+        scale = torch.stack(
+            [n.weight / torch.sqrt(n.running_var + n.eps) for n in norms]  # type: ignore[operator]
+        )
+        shift = (
+            torch.stack([n.bias for n in norms])
+            - torch.stack(
+                [n.running_mean for n in norms]  # type: ignore[misc]
+            )
+            * scale
+        )
+        self.register_buffer("scale", scale.detach()[:, None, :])  # (K, 1, F)
+        self.register_buffer("shift", shift.detach()[:, None, :])
+        self.register_buffer(
+            "wide_w", torch.stack([m.linear.weight[0] for m in models]).detach()[:, :, None]
+        )  # (K, F, 1)
+        self.register_buffer(
+            "wide_b", torch.stack([m.linear.bias for m in models]).detach()[:, None, :]
+        )  # (K, 1, 1)
+        n_layers = models[0].cross._num_layers
+        self.n_layers = n_layers
+        for layer in range(n_layers):
+            v = torch.stack([m.cross.V_kernels[layer] for m in models])  # (K, r, F)
+            w = torch.stack([m.cross.W_kernels[layer] for m in models])  # (K, F, r)
+            b = torch.stack([m.cross.bias[layer] for m in models])  # (K, F)
+            self.register_buffer(f"cross_v{layer}", v.transpose(1, 2).detach().contiguous())
+            self.register_buffer(f"cross_w{layer}", w.transpose(1, 2).detach().contiguous())
+            self.register_buffer(f"cross_b{layer}", b.detach()[:, None, :])
+        linears = [[x for x in m.mlp if isinstance(x, nn.Linear)] for m in models]
+        self.n_mlp = len(linears[0])
+        for j in range(self.n_mlp):
+            weight = torch.stack([ls[j].weight for ls in linears])  # (K, out, in)
+            bias = torch.stack([ls[j].bias for ls in linears])  # (K, out)
+            self.register_buffer(f"mlp_w{j}", weight.transpose(1, 2).detach().contiguous())
+            self.register_buffer(f"mlp_b{j}", bias.detach()[:, None, :])
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        """(B, C) mean logits of the bag."""
+        b, c, f = dense.shape
+        x = dense.reshape(1, b * c, f) * self.scale + self.shift  # (K, N, F)
+        wide = torch.bmm(x, self.wide_w) + self.wide_b  # (K, N, 1)
+        x_l = x
+        for layer in range(self.n_layers):
+            low = torch.bmm(x_l, getattr(self, f"cross_v{layer}"))
+            x_l = (
+                x
+                * (
+                    torch.bmm(low, getattr(self, f"cross_w{layer}"))
+                    + getattr(self, f"cross_b{layer}")
+                )
+                + x_l
+            )
+        h = x_l
+        for j in range(self.n_mlp):
+            h = torch.baddbmm(getattr(self, f"mlp_b{j}"), h, getattr(self, f"mlp_w{j}"))
+            if j < self.n_mlp - 1:
+                h = torch.relu(h)
+        return (h + wide).mean(dim=0).reshape(b, c)

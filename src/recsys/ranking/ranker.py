@@ -27,20 +27,21 @@ from recsys.data.splits import Split
 from recsys.errors import NotFittedError
 from recsys.evaluation import metrics
 from recsys.ranking.features import CandidateFeatureConfig, CandidateFeaturizer
-from recsys.ranking.model import DCNRanker
+from recsys.ranking.model import DCNRanker, FusedDCNBag
 from recsys.retrieval.two_tower.runtime import with_config_threads
-from recsys.types import FloatArray, IntArray, ItemList, Query, top_k_indices
+from recsys.types import FloatArray, IntArray, ItemList, Query
 
 log = logging.getLogger(__name__)
 
 
 class CandidateSource(Protocol):
-    """What the ranker needs from a retriever."""
+    """What the ranker needs from a retriever: its serving path and its identity."""
 
     n_items: int | None
+    model_id: str | None
 
-    def score(self, queries: Sequence[Query]) -> FloatArray:
-        """(B, n_items) retrieval scores."""
+    def retrieve(self, queries: Sequence[Query], n: int) -> list[ItemList]:
+        """Top-``n`` candidates per query, history excluded."""
 
 
 class RankerConfig(ComponentConfig):
@@ -76,19 +77,6 @@ class RankerConfig(ComponentConfig):
     progress: bool = Field(False)
 
 
-def retrieve_candidates(
-    scores: FloatArray, queries: Sequence[Query], n: int
-) -> tuple[IntArray, FloatArray]:
-    """Top-``n`` items per row of ``scores`` excluding each query's history and exclusions."""
-    masked = np.array(scores, dtype=np.float32, copy=True)
-    for i, q in enumerate(queries):
-        drop = np.concatenate([q.history, q.exclude])
-        drop = drop[(drop >= 0) & (drop < masked.shape[1])]
-        masked[i, drop] = -np.inf
-    cand = top_k_indices(masked, n)
-    return cand, np.take_along_axis(np.asarray(scores, np.float32), cand, axis=1)
-
-
 def ndcg_at(ranked_hits: np.ndarray, n_relevant: np.ndarray, k: int = 10) -> float:
     """Mean NDCG@k of (B, ≥k) hit matrices over rows with at least one positive."""
     n_relevant = np.asarray(n_relevant)
@@ -114,6 +102,10 @@ class Ranker:
         self.train_seconds = 0.0
         # no validation interactions to learn from: keep the retrieval order
         self.passthrough = False
+        # what the ranker was trained against: the engine refuses other parts
+        self.retriever_id: str | None = None
+        self.item_digest: str | None = None
+        self._fused: FusedDCNBag | None = None
 
     # ------------------------------------------------------------------ construction
     @property
@@ -121,9 +113,11 @@ class Ranker:
         """The first bagged model (``None`` before training)."""
         return self.models[0] if self.models else None
 
-    def _build(self, index: int = 0) -> DCNRanker:
+    def _build(self, index: int = 0, seed: bool = True) -> DCNRanker:
+        """A fresh model; ``seed`` seeds its initial weights (training, never loading)."""
         c = self.config
-        torch.manual_seed(c.seed + 1000 * index)
+        if seed:
+            torch.manual_seed(c.seed + 1000 * index)
         return DCNRanker(
             n_dense=len(self.featurizer.names) if self.featurizer else 0,
             n_users=self.n_users + 1 if c.use_id_embeddings else 0,
@@ -138,23 +132,29 @@ class Ranker:
     def training_lists(
         self, split: Split, retriever: CandidateSource
     ) -> tuple[list[Query], IntArray, FloatArray, np.ndarray, np.ndarray]:
-        """Validation users' (queries, candidates, retrieval scores, labels, n_relevant)."""
+        """Validation users' (queries, candidates, retrieval scores, labels, n_relevant).
+
+        Candidates come from ``retriever.retrieve`` — the path the engine serves — so the
+        ranker learns from exactly the lists it will rank. Short lists (a small catalogue
+        minus the history) are padded with ``-1``.
+        """
         from recsys.evaluation.protocol import build_queries
 
         users = split.target_users("valid")
         queries = build_queries(split, users)
-        cands, scores = [], []
+        width = min(self.config.candidates, split.dataset.n_items)
+        cand = np.full((len(queries), width), -1, dtype=np.int64)
+        score = np.zeros((len(queries), width), dtype=np.float32)
         for start in range(0, len(queries), 256):
             batch = queries[start : start + 256]
-            cand, sc = retrieve_candidates(retriever.score(batch), batch, self.config.candidates)
-            cands.append(cand)
-            scores.append(sc)
-        width = min(self.config.candidates, split.dataset.n_items)
-        cand = np.concatenate([np.zeros((0, width), dtype=np.int64), *cands])
-        score = np.concatenate([np.zeros((0, width), dtype=np.float32), *scores])
+            for row, found in enumerate(retriever.retrieve(batch, width), start=start):
+                cand[row, : len(found)] = found.items[:width]
+                score[row, : len(found)] = found.scores[:width]
         valid = interaction_matrix(split.valid, split.dataset.n_users, split.dataset.n_items)
         valid = valid[users]
-        labels = np.asarray(valid[np.arange(len(users))[:, None], cand].todense()) > 0
+        labels = (
+            np.asarray(valid[np.arange(len(users))[:, None], np.maximum(cand, 0)].todense()) > 0
+        ) & (cand >= 0)
         n_rel = np.diff(valid.indptr)
         return queries, cand, score, labels, n_rel
 
@@ -166,6 +166,9 @@ class Ranker:
         start_time = time.perf_counter()
         c = self.config
         self.n_users, self.n_items = split.dataset.n_users, split.dataset.n_items
+        self.retriever_id = getattr(retriever, "model_id", None)
+        self._fused = None
+        self.item_digest = split.dataset.item_index.digest
         self.featurizer = CandidateFeaturizer(c.features).fit(split, item_vectors)
         queries, cand, score, labels, n_rel = self.training_lists(split, retriever)
         n_feat = len(self.featurizer.names)
@@ -173,7 +176,7 @@ class Ranker:
             [np.zeros((0, cand.shape[1], n_feat), dtype=np.float32)]
             + [
                 self.featurizer.transform(
-                    queries[s : s + 256], cand[s : s + 256], score[s : s + 256]
+                    queries[s : s + 256], np.maximum(cand[s : s + 256], 0), score[s : s + 256]
                 )
                 for s in range(0, len(queries), 256)
             ]
@@ -242,6 +245,7 @@ class Ranker:
         best, best_state, best_epoch, bad = -1.0, None, epochs, 0
         dense_t = torch.from_numpy(dense)
         labels_t = torch.from_numpy(labels.astype(np.float32))
+        padded_t = torch.from_numpy(cand < 0)
         for epoch in tqdm(range(1, epochs + 1), desc="ranker", disable=not c.progress):
             model.train()
             perm = rng.permutation(rows)
@@ -251,11 +255,14 @@ class Ranker:
                     continue
                 logits = model(dense_t[idx].to(device), self._ids(slots[idx], cand[idx]))
                 y = labels_t[idx].to(device)
+                padded = padded_t[idx].to(device)
                 if c.loss == "listwise":
-                    logp = torch.log_softmax(logits, dim=1)
+                    logp = torch.log_softmax(logits.masked_fill(padded, -1e9), dim=1)
                     loss = (-(logp * y).sum(1) / y.sum(1).clamp(min=1.0)).mean()
                 else:
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                        logits, y, weight=(~padded).float()
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -279,11 +286,11 @@ class Ranker:
     def _ids(self, slots: IntArray, cand: IntArray) -> Any:
         if not self.config.use_id_embeddings:
             return None
-        return DCNRanker.id_features(torch.from_numpy(slots), torch.from_numpy(cand)).to(
-            torch.device(self.config.device)
-        )
+        return DCNRanker.id_features(
+            torch.from_numpy(slots), torch.from_numpy(np.maximum(cand, 0))
+        ).to(torch.device(self.config.device))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _logits(
         self,
         dense: FloatArray,
@@ -291,28 +298,44 @@ class Ranker:
         cand: IntArray,
         models: Sequence[DCNRanker] | None = None,
     ) -> FloatArray:
-        """(B, C) logits averaged over ``models`` (default: every bagged model)."""
-        models = list(models) if models is not None else self.models
+        """(B, C) logits averaged over ``models`` (default: every bagged model).
+
+        Padding (``cand < 0``) gets ``-inf``, so it sorts last.
+        """
         device = torch.device(self.config.device)
-        x = torch.from_numpy(dense).to(device)
-        ids = self._ids(slots, cand)
-        total = torch.zeros(dense.shape[:2])
-        for model in models:
-            model.eval()
-            total += model(x, ids).cpu()
-        return (total / max(1, len(models))).numpy().astype(np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(dense)).to(device)
+        if models is None and self._fused_bag() is not None:
+            total = self._fused_bag()(x).cpu()  # type: ignore[misc]
+        else:
+            chosen = list(models) if models is not None else self.models
+            ids = self._ids(slots, cand)
+            total = torch.zeros(dense.shape[:2])
+            for model in chosen:
+                model.eval()
+                total += model(x, ids).cpu()
+            total /= max(1, len(chosen))
+        logits = total.numpy().astype(np.float32)
+        return np.where(np.asarray(cand) < 0, -np.inf, logits).astype(np.float32)
+
+    def _fused_bag(self) -> FusedDCNBag | None:
+        """The bag as one batched module (built once; ``None`` with id embeddings)."""
+        if self._fused is None and self.models and not self.config.use_id_embeddings:
+            for model in self.models:
+                model.eval()
+            self._fused = FusedDCNBag(self.models).to(torch.device(self.config.device))
+        return self._fused
 
     # ------------------------------------------------------------------ inference
-    @with_config_threads
     def score_candidates(
         self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray
     ) -> FloatArray:
-        """(B, C) ranker logits of each query's candidates."""
+        """(B, C) ranker logits of each query's candidates (the request path)."""
         if self.model is None or self.featurizer is None:
             raise NotFittedError("Ranker is not trained: call fit() or load()")
         if self.passthrough:
             return np.asarray(retrieval_scores, dtype=np.float32)
-        dense = self.featurizer.transform(queries, candidates, retrieval_scores)
+        cand = np.asarray(candidates, dtype=np.int64)
+        dense = self.featurizer.transform(queries, np.maximum(cand, 0), retrieval_scores)
         slots = np.asarray(
             [
                 q.user + 1 if q.user is not None and 0 <= q.user < self.n_users else 0
@@ -320,7 +343,7 @@ class Ranker:
             ],
             dtype=np.int64,
         )
-        return self._logits(dense, slots, np.asarray(candidates, dtype=np.int64))
+        return self._logits(dense, slots, cand)
 
     def __call__(self, query: Query, items: ItemList) -> ItemList:
         """Re-score and re-sort retrieved ``items`` (their scores are the retrieval scores)."""
@@ -349,6 +372,8 @@ class Ranker:
                     "passthrough": self.passthrough,
                     "n_models": len(self.models),
                     "history": self.history,
+                    "retriever_id": self.retriever_id,
+                    "item_digest": self.item_digest,
                     "config": self.config.model_dump(mode="json"),
                 }
             ).encode(),
@@ -364,13 +389,17 @@ class Ranker:
         out.n_users, out.n_items = int(meta["n_users"]), int(meta["n_items"])
         out.best_epoch, out.history = int(meta["best_epoch"]), meta["history"]
         out.passthrough = bool(meta.get("passthrough", False))
+        out.retriever_id = meta.get("retriever_id")
+        out.item_digest = meta.get("item_digest")
         out.featurizer = CandidateFeaturizer.from_state(
             out.config.features,
             {k[len("feat.") :]: v for k, v in state.items() if k.startswith("feat.")},
         )
         out.models = []
         for i in range(int(meta.get("n_models", 1))):
-            model = out._build(i)
+            # the initial weights are overwritten: do not draw them from the global RNG
+            with torch.random.fork_rng(devices=[]):
+                model = out._build(i, seed=False)
             prefix = f"model{i}."
             model.load_state_dict(
                 {

@@ -1,13 +1,15 @@
-"""Retriever → top-N candidates → ranker, as one :class:`~recsys.retrieval.base.Recommender`.
+"""Retriever → top-N candidates → ranker, trained together as one model.
 
-``score(queries)`` returns a full (B, n_items) vector so :func:`~recsys.evaluation.evaluate`
-and the benchmark treat it like any model: the N candidates carry the ranker's logits, every
-other item a lower band (its retrieval score shifted below the lowest candidate), so masking
-seen items never leaves fewer than k results.
+The trained artefact of the ``two_tower+ranker`` benchmark entry. Served, it is split into
+its two stages (:meth:`TwoStageRecommender.stages`): the engine runs, times and degrades the
+retrieval and the ranking separately. As a :class:`~recsys.retrieval.base.Recommender` it
+answers through the same two calls (``retrieve`` → ``ranker``); its ``score`` gives the ranker
+logit to the candidates and ``-inf`` to every other item, which it does not rank.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any, Self
@@ -17,7 +19,7 @@ from pydantic import Field
 
 from recsys.config import ComponentConfig
 from recsys.data.splits import Split
-from recsys.ranking.ranker import Ranker, RankerConfig, retrieve_candidates
+from recsys.ranking.ranker import Ranker, RankerConfig
 from recsys.retrieval.base import Recommender
 from recsys.retrieval.two_tower.retriever import TwoTowerConfig, TwoTowerRetriever
 from recsys.types import FloatArray, ItemList, Query
@@ -66,7 +68,7 @@ class TwoStageRecommender(Recommender):
             split, self.retriever, item_vectors=self.retriever.item_embeddings
         )
         self.timings["ranker_seconds"] = time.perf_counter() - start
-        self.n_items = split.dataset.n_items
+        self._fitted_on(split)
         return self
 
     def _parts(self) -> tuple[TwoTowerRetriever, Ranker]:
@@ -74,24 +76,28 @@ class TwoStageRecommender(Recommender):
         assert self.retriever is not None and self.ranker is not None
         return self.retriever, self.ranker
 
-    def score(self, queries: Sequence[Query]) -> FloatArray:
-        """Ranker logits on the candidates, a lower band of retrieval scores elsewhere."""
-        retriever, ranker = self._parts()
-        full = retriever.score(queries)
-        if not len(queries):
-            return full
-        cand, cand_scores = retrieve_candidates(full, queries, ranker.config.candidates)
-        logits = ranker.score_candidates(queries, cand, cand_scores)
-        floor = logits.min(axis=1, keepdims=True) - 1.0
-        out = full - full.max(axis=1, keepdims=True) + floor
-        np.put_along_axis(out, cand, logits, axis=1)
-        return out.astype(np.float32)
+    def stages(self) -> tuple[TwoTowerRetriever, Ranker]:
+        """The retriever and the ranker, for the engine to run as separate stages."""
+        return self._parts()
 
-    def __call__(self, query: Query, n: int, exclude_seen: bool = True) -> ItemList:
-        """Serving path: FAISS top-N candidates, ranked, first ``n``."""
+    def score(self, queries: Sequence[Query]) -> FloatArray:
+        """Ranker logits of each query's candidates; ``-inf`` for the items not retrieved."""
         retriever, ranker = self._parts()
-        candidates = retriever(query, max(n, ranker.config.candidates), exclude_seen)
-        return ranker(query, candidates).head(n)
+        out = np.full((len(queries), retriever._require_fitted()), -np.inf, dtype=np.float32)
+        for row, ranked in enumerate(self.retrieve(queries, ranker.config.candidates)):
+            out[row, ranked.items] = ranked.scores
+        return out
+
+    def retrieve(
+        self, queries: Sequence[Query], n: int, exclude_seen: bool = True
+    ) -> list[ItemList]:
+        """FAISS top candidates, ranked, first ``n`` (the engine's retrieval → ranking)."""
+        retriever, ranker = self._parts()
+        width = max(n, ranker.config.candidates)
+        candidates = retriever.retrieve(queries, width, exclude_seen)
+        return [
+            ranker(query, found).head(n) for query, found in zip(queries, candidates, strict=True)
+        ]
 
     def bench_info(self) -> dict[str, float]:
         """Extra numbers for the benchmark table."""
@@ -108,11 +114,19 @@ class TwoStageRecommender(Recommender):
         retriever, ranker = self._parts()
         state = {f"retriever/{k}": v for k, v in retriever._state().items()}
         state.update({f"ranker/{k}": v for k, v in ranker.state().items()})
+        identity = {"model_id": retriever.model_id, "item_digest": retriever.item_digest}
+        state["retriever_identity_json"] = np.frombuffer(
+            json.dumps(identity).encode(), dtype=np.uint8
+        )
         return state
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
         self.retriever = TwoTowerRetriever(self.config.retriever)
         self.retriever.n_items = self.n_items
+        if "retriever_identity_json" in state:
+            identity = json.loads(bytes(state["retriever_identity_json"]).decode())
+            self.retriever.model_id = identity["model_id"]
+            self.retriever.item_digest = identity["item_digest"]
         self.retriever._restore(
             {k[len("retriever/") :]: v for k, v in state.items() if k.startswith("retriever/")}
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,15 @@ class Recommender(ABC):
         if overrides:
             self.config = self.config_class.model_validate(self.config.model_dump())
         self.n_items: int | None = None
+        # identity of the trained component: which catalogue, which training run
+        self.item_digest: str | None = None
+        self.model_id: str | None = None
+
+    def _fitted_on(self, split: Split) -> None:
+        """Record what the component was trained on (call at the start of ``fit``)."""
+        self.n_items = split.dataset.n_items
+        self.item_digest = split.dataset.item_index.digest
+        self.model_id = uuid.uuid4().hex[:16]
 
     # ------------------------------------------------------------------ training / scoring
     @abstractmethod
@@ -56,11 +66,23 @@ class Recommender(ABC):
         Higher is better. Items are not masked: callers decide what to exclude.
         """
 
+    def retrieve(
+        self, queries: Sequence[Query], n: int, exclude_seen: bool = True
+    ) -> list[ItemList]:
+        """Top-``n`` items per query, excluding ``query.exclude`` (and the history).
+
+        The serving path (the engine's retrieval stage calls ``retriever(query, n)``, which is
+        this with one query). Subclasses with an index override it (the two-tower: FAISS).
+        """
+        scores = self.score(queries)
+        return [
+            ItemList.from_scores(scores[row], n, exclude=_excluded(query, exclude_seen))
+            for row, query in enumerate(queries)
+        ]
+
     def __call__(self, query: Query, n: int, exclude_seen: bool = True) -> ItemList:
-        """Top-``n`` items for one query, excluding ``query.exclude`` (and its history)."""
-        scores = self.score([query])[0]
-        exclude = np.concatenate([query.exclude, query.history]) if exclude_seen else query.exclude
-        return ItemList.from_scores(scores, n, exclude=exclude)
+        """Top-``n`` items for one query (:meth:`retrieve` of one)."""
+        return self.retrieve([query], n, exclude_seen)[0]
 
     def _require_fitted(self) -> int:
         if self.n_items is None:
@@ -84,6 +106,8 @@ class Recommender(ABC):
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "config": self.config.model_dump(mode="json"),
             "n_items": self._require_fitted(),
+            "item_digest": self.item_digest,
+            "model_id": self.model_id,
         }
         (path / "component.json").write_text(json.dumps(meta, indent=2))
         np.savez(path / "state.npz", **self._state())
@@ -100,9 +124,17 @@ class Recommender(ABC):
             raise TypeError(f"{path}: holds a {klass.__name__}, not a {cls.__name__}")
         component = klass(klass.config_class.model_validate(meta["config"]))
         component.n_items = int(meta["n_items"])
+        component.item_digest = meta.get("item_digest")
+        component.model_id = meta.get("model_id")
         with np.load(path / "state.npz", allow_pickle=False) as state:
             component._restore({k: state[k] for k in state.files})
         return component
+
+
+def _excluded(query: Query, exclude_seen: bool) -> np.ndarray:
+    if exclude_seen and len(query.history):
+        return np.concatenate([query.exclude, query.history])
+    return query.exclude
 
 
 def history_matrix(queries: Sequence[Query], n_items: int) -> sp.csr_matrix:

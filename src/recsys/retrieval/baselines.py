@@ -77,7 +77,7 @@ class Popularity(Recommender):
             train["item"].to_numpy(), weights=weights, minlength=split.dataset.n_items
         )
         self.counts = counts.astype(np.float32)
-        self.n_items = split.dataset.n_items
+        self._fitted_on(split)
         return self
 
     def score(self, queries: Sequence[Query]) -> FloatArray:
@@ -113,7 +113,7 @@ class ItemKNN(Recommender):
         """Compute the truncated cosine item–item similarity matrix."""
         gram = item_gram(split.train_matrix())
         self.similarity = cosine_knn(gram, self.config.neighbors, self.config.shrink)
-        self.n_items = split.dataset.n_items
+        self._fitted_on(split)
         return self
 
     def score(self, queries: Sequence[Query]) -> FloatArray:
@@ -148,7 +148,7 @@ class EASE(Recommender):
     def fit(self, split: Split) -> Self:
         """Invert the regularised Gram matrix (n_items²; fine up to ~20k items)."""
         self.weights = ease_weights(item_gram(split.train_matrix()), self.config.l2)
-        self.n_items = split.dataset.n_items
+        self._fitted_on(split)
         return self
 
     def score(self, queries: Sequence[Query]) -> FloatArray:

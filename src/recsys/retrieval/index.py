@@ -77,10 +77,14 @@ class ItemIndex:
 
     def _raw_search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IntArray]:
         k = min(k, self.n_items)
-        if self.config.kind == "hnsw":
-            # HNSW cannot return more than efSearch neighbours reliably
-            self.index.hnsw.efSearch = max(self.config.ef_search, k)
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        params = None
+        if self.config.kind == "hnsw" and k > self.config.ef_search:
+            # HNSW cannot return more than efSearch neighbours reliably; widen this search
+            # only (per-call parameters: the shared index is never mutated under a request)
+            params = faiss.SearchParametersHNSW(efSearch=k)
+        scores, ids = self.index.search(
+            np.ascontiguousarray(queries, dtype=np.float32), k, params=params
+        )
         return scores, ids.astype(np.int64)
 
     def search(

@@ -7,13 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from recsys.data.dataset import histories
 from recsys.data.splits import Split
 from recsys.decision import ContextPopularity, DecisionPipeline, DecisionPipelineConfig, ItemCatalog
 from recsys.features import EventLog, Ingestor, InProcessStore, ItemInfoCatalog, OnlineStore
 from recsys.retrieval import EASE, Recommender
 from recsys.serving.engine import Engine, EngineConfig, Reranker
-from recsys.serving.profiles import store_profiles
+from recsys.serving.profiles import split_profiles
 
 
 def build_engine(
@@ -24,27 +23,44 @@ def build_engine(
     store: OnlineStore | None = None,
     event_log_dir: str | Path | None = None,
     config: EngineConfig | None = None,
+    decisions: bool = True,
+    user_context: bool = True,
+    decision_log: Any = None,
+    fallback: ContextPopularity | None = None,
 ) -> Engine:
     """An engine over ``split``'s catalogue with every stage wired.
 
     Args:
         split: Training data: the retriever (if not given) and the fallback are fitted on
-            ``split.train``, and each user's training history is the offline profile.
-        retriever: A trained retriever (default: EASE fitted on ``split``).
+            ``split.train``, each user's training events are the offline history and the
+            user table the stored context.
+        retriever: A trained retriever (default: EASE fitted on ``split``); a trained
+            two-stage model is served as its two stages.
         ranker: Optional trained ranker over the retrieved candidates.
         decision: Decision pipeline configuration (default: rules only, no exploration).
         store: Online feature store (default: in-process).
         event_log_dir: Where accepted events are logged (default: no ingestion).
         config: Request-path settings.
+        decisions: ``False`` leaves the decision stage out (the benchmarks' model-quality
+            path: the ranked list cut to k).
+        user_context: Serve the user table's context (``False`` only to measure the cost of
+            serving without it).
+        decision_log: A :class:`~recsys.decision.DecisionLog` for the pipeline.
+        fallback: A fitted cold-start / failure fallback (default: context popularity
+            fitted on ``split``).
     """
     data = split.dataset
     retriever = retriever or EASE().fit(split)
-    fallback = ContextPopularity().fit(split)
-    pipeline = DecisionPipeline(
-        decision or DecisionPipelineConfig(), ItemCatalog.from_dataset(data), fallback=fallback
-    )
+    fallback = fallback or ContextPopularity().fit(split)
+    pipeline = None
+    if decisions:
+        pipeline = DecisionPipeline(
+            decision or DecisionPipelineConfig(),
+            ItemCatalog.from_dataset(data),
+            fallback=fallback,
+            log=decision_log,
+        )
     store = store or InProcessStore(ItemInfoCatalog.from_dataset(data))
-    offline = histories(split.train, data.n_users)
     ingestor = Ingestor(store, EventLog(event_log_dir)) if event_log_dir is not None else None
     return Engine(
         data.item_index,
@@ -52,7 +68,7 @@ def build_engine(
         fallback=fallback,
         ranker=ranker,
         decision=pipeline,
-        profiles=store_profiles(store, data.item_index, data.user_index, offline),
+        profiles=split_profiles(split, store, context=user_context),
         users=data.user_index,
         config=config,
         ingestor=ingestor,

@@ -296,6 +296,10 @@ def _run(args: argparse.Namespace) -> None:
             report.pop("retriever", None)
             print(json.dumps(report, indent=2, default=str), flush=True)
     finally:
+        # every rank waits for the others before tearing gloo down: a rank that destroyed
+        # the group while rank 0 was still saving aborted in gloo's teardown ("terminate
+        # called without an active exception"), about one run in four
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -33,19 +33,12 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recsys.data.context import age_band as context_age_band
 from recsys.data.dataset import Dataset
+from recsys.features.definitions import derive_context, model_context_columns
 from recsys.types import IntArray, Query
 
 UNKNOWN = "<unk>"
-# context columns that are identifiers rather than categories
-_SKIP_CONTEXT = frozenset({"zip", "zip_code", "title", "name"})
 _MAX_CONTEXT_VALUES = 200
-
-
-def age_band(age: object) -> str:
-    """Age band of an age (:func:`recsys.data.context.age_band`), ``"<unk>"`` when unknown."""
-    return context_age_band(age) or UNKNOWN
 
 
 @dataclass
@@ -202,17 +195,11 @@ class TwoTowerFeatures:
 
         context: dict[str, Vocabulary] = {}
         if use_context and len(dataset.users):
-            for column in dataset.users.columns:
-                if column in _SKIP_CONTEXT:
-                    continue
-                values = dataset.users[column]
-                if column == "age":
-                    name, tokens = "age_band", sorted({age_band(v) for v in values} - {UNKNOWN})
-                else:
-                    name = str(column)
-                    tokens = sorted({str(v) for v in values.dropna()})
+            columns = model_context_columns(dataset.users)
+            for column in columns.columns:
+                tokens = sorted({str(v) for v in columns[column].dropna()})
                 if 0 < len(tokens) <= _MAX_CONTEXT_VALUES:
-                    context[name] = Vocabulary(tokens)
+                    context[str(column)] = Vocabulary(tokens)
 
         return cls(
             n_users=dataset.n_users,
@@ -302,14 +289,13 @@ class TwoTowerFeatures:
 
     def context_row(self, context: Mapping[str, Any]) -> list[int]:
         """Context vocabulary indices of one request (0 for absent values)."""
-        row = []
-        for name, vocab in self.context.items():
-            if name == "age_band" and "age_band" not in context and "age" in context:
-                row.append(vocab.index(age_band(context["age"])))
-            else:
-                value = context.get(name)
-                row.append(0 if value is None else vocab.index(value))
-        return row
+        if not self.context:
+            return []
+        derived = derive_context(context)
+        return [
+            0 if (value := derived.get(name)) is None else vocab.index(value)
+            for name, vocab in self.context.items()
+        ]
 
     def encode_users(
         self, user_slots: IntArray, histories: Sequence[IntArray], context_rows: Sequence[list[int]]

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from recsys.config import ComponentConfig
 from recsys.data.splits import Split
 from recsys.evaluation.protocol import evaluate
+from recsys.features.definitions import user_contexts
 from recsys.retrieval.base import Recommender
 from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.retrieval.two_tower.features import TwoTowerFeatures
@@ -155,6 +156,7 @@ class TwoTowerRetriever(Recommender):
         self._optimizers: list[torch.optim.Optimizer] = []
         self._rng: np.random.Generator | None = None
         self._aug_rng: np.random.Generator | None = None
+        self._context_rows: list[list[int]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -187,7 +189,7 @@ class TwoTowerRetriever(Recommender):
             max_tags=c.max_tags,
             use_context=c.use_context,
         )
-        self.n_items = split.dataset.n_items
+        self._fitted_on(split)
         self.model = self.build_model(self.features)
         self._task = InBatchSoftmaxTask(
             self.model,
@@ -199,6 +201,10 @@ class TwoTowerRetriever(Recommender):
         self._optimizers = self.make_optimizers(self.model)
         self._split = split
         self._data = TrainingData(split, c.history_mode)
+        # the user table's context, derived exactly as the engine derives it at request time
+        self._context_rows = [
+            self.features.context_row(ctx) for ctx in user_contexts(split.dataset.users)
+        ]
         self.history, self.epoch_seconds = [], []
         return self
 
@@ -255,21 +261,8 @@ class TwoTowerRetriever(Recommender):
         return user_kjt, item_kjt, torch.from_numpy(items).to(self.device), neg_kjt, neg_ids
 
     def _context_of(self, user: int) -> list[int]:
-        assert self.features is not None
-        cache = getattr(self, "_ctx_cache", None)
-        if cache is None:
-            cache = {}
-            self._ctx_cache = cache
-        if user not in cache:
-            cache[user] = self.features.context_row(self._user_context(user))
-        return cache[user]
-
-    def _user_context(self, user: int) -> dict[str, Any]:
-        if self._split is None or self._split.dataset.users.empty:
-            return {}
-        from recsys.evaluation.protocol import user_context
-
-        return user_context(self._split, user)
+        assert self._context_rows is not None
+        return self._context_rows[user] if user < len(self._context_rows) else []
 
     @with_config_threads
     def train_epoch(self) -> float:
@@ -330,6 +323,7 @@ class TwoTowerRetriever(Recommender):
         self._optimizers = []
         self._task = None
         self._data = None
+        self._context_rows = None
         return self
 
     # ------------------------------------------------------------------ inference
@@ -366,40 +360,40 @@ class TwoTowerRetriever(Recommender):
         ctx = [self.features.context_row(q.context) for q in queries]
         return self.features.encode_users(slots, hist, ctx).to(self.device)
 
-    @torch.no_grad()
     @with_config_threads
     def user_embeddings(self, queries: Sequence[Query]) -> FloatArray:
         """(B, D) unit user vectors of the queries (from their current history/context)."""
+        return self._encode(queries)
+
+    @torch.inference_mode()
+    def _encode(self, queries: Sequence[Query]) -> FloatArray:
+        """The user tower on the queries (the request path: no thread or seed changes)."""
         self._require_fitted()
         assert self.model is not None
-        self.model.eval()
         if not queries:
             return np.zeros((0, self.config.embedding_size), dtype=np.float32)
         return self.model.user_tower(self._query_kjt(queries)).cpu().numpy().astype(np.float32)
 
     def score(self, queries: Sequence[Query]) -> FloatArray:
-        """(B, n_items) cosine of each query's user vector with every item vector."""
+        """(B, n_items) cosine of each query's user vector with every item vector.
+
+        Training-time validation uses it; serving and the benchmarks go through
+        :meth:`retrieve` (the FAISS index), the path the engine runs.
+        """
         self._require_fitted()
         assert self.item_embeddings is not None
         return self.user_embeddings(queries) @ self.item_embeddings.T
 
-    def __call__(self, query: Query, n: int, exclude_seen: bool = True) -> ItemList:
-        """Top-``n`` through the FAISS index, excluding ``query.exclude`` (and the history)."""
-        self._require_fitted()
-        assert self.index is not None
-        exclude = np.concatenate([query.exclude, query.history]) if exclude_seen else query.exclude
-        return self.index.search(self.user_embeddings([query]), n, [exclude])[0]
-
     def retrieve(
         self, queries: Sequence[Query], n: int, exclude_seen: bool = True
     ) -> list[ItemList]:
-        """Batched :meth:`__call__`."""
+        """Top-``n`` per query through the FAISS index, excluding ``exclude`` and the history."""
         self._require_fitted()
         assert self.index is not None
         excludes = [
             np.concatenate([q.exclude, q.history]) if exclude_seen else q.exclude for q in queries
         ]
-        return self.index.search(self.user_embeddings(queries), n, excludes)
+        return self.index.search(self._encode(queries), n, excludes)
 
     def bench_info(self) -> dict[str, float]:
         """Extra numbers for the benchmark table."""

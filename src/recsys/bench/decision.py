@@ -1,10 +1,11 @@
 """``recsys bench decision``: what the decision stage costs and buys, measured.
 
-* **trade-off**: EASE top-100 (full ranking, train+valid masked, as in ``bench quality``)
-  re-ranked to 10 by MMR and DPP across ``lam``; accuracy and beyond-accuracy metrics from
-  :func:`recsys.evaluation.protocol.summarize`, so the numbers line up with the quality bench.
-* **cold start**: a seeded 20 % of users held out entirely; context popularity vs global
-  popularity fitted on the others, all of a held-out user's interactions relevant.
+* **trade-off**: the Engine serving EASE's top 100 through the decision stage (rules, then
+  MMR or DPP across ``lam``) to 10, on the quality bench's split and metrics
+  (:func:`recsys.evaluation.protocol.evaluate_served`), so the rows line up with it.
+* **cold start**: a seeded 20 % of users held out entirely; the Engine's cold-start answer
+  with context popularity vs global popularity, all of a held-out user's interactions
+  relevant.
 * **OPE**: IPS / SNIPS of a target policy from ε-greedy logs on the simulator, against the
   exact true value, with coverage of the 95 % interval over repetitions.
 * **latency**: each component at 100 → 10 and 1,000 → 50 (p50 / p99 over many repeats).
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from recsys.bench.quality import package_versions
+from recsys.bench.registry import load_registry
 from recsys.data import load_dataset, make_split
-from recsys.data.dataset import Dataset, interaction_matrix
+from recsys.data.dataset import Dataset
 from recsys.data.splits import Split
 from recsys.decision.base import ItemCatalog
 from recsys.decision.diversity import DPPConfig, DPPReranker, MMRConfig, MMRReranker, TopK
@@ -35,38 +37,36 @@ from recsys.decision.exploration import (
     ThompsonSampling,
 )
 from recsys.decision.fallback import ContextPopularity, ContextPopularityConfig
-from recsys.decision.pipeline import DecisionPipeline, DecisionPipelineConfig
+from recsys.decision.pipeline import DecisionLog, DecisionPipeline, DecisionPipelineConfig
 from recsys.decision.rules import BusinessRules, CapRule, RulesConfig
-from recsys.evaluation.bench import package_versions
 from recsys.evaluation.off_policy import BanditSimulator, SimulatorConfig, evaluate_policy
-from recsys.evaluation.protocol import build_queries, rank_users, summarize
+from recsys.evaluation.protocol import build_queries, evaluate_served
+from recsys.retrieval.baselines import EASE
 from recsys.types import ItemList, Query
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LAMBDAS: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.1)
-EASE_L2 = {"ml-100k": 250.0, "ml-latest-small": 500.0}
 
 
-def candidate_lists(
-    split: Split, n_candidates: int, l2: float
-) -> tuple[np.ndarray, np.ndarray, Any]:
-    """EASE top-``n_candidates`` per test user (train+valid masked) with their scores."""
-    from recsys.retrieval.baselines import EASE
+def _engine(
+    split: Split,
+    retriever: Any,
+    decision: DecisionPipelineConfig,
+    fallback: ContextPopularity | None = None,
+    candidates: int = 100,
+) -> Any:
+    from recsys.serving.build import build_engine
+    from recsys.serving.engine import EngineConfig
 
-    data = split.dataset
-    model = EASE(l2=l2).fit(split)
-    users = split.target_users("test")
-    seen = pd.concat([split.train, split.valid])
-    mask = interaction_matrix(seen, data.n_users, data.n_items)[users]
-    relevant = interaction_matrix(split.test, data.n_users, data.n_items)[users]
-    queries = build_queries(split, users)
-    ranked = rank_users(model.score, queries, mask, n_candidates)
-    scores = np.zeros(ranked.shape, dtype=np.float32)
-    for start in range(0, len(queries), 256):
-        block = model.score(queries[start : start + 256])
-        scores[start : start + 256] = np.take_along_axis(block, ranked[start : start + 256], axis=1)
-    return ranked, scores, relevant
+    return build_engine(
+        split,
+        retriever=retriever,
+        decision=decision,
+        decision_log=DecisionLog(max_in_memory=0),
+        fallback=fallback,
+        config=EngineConfig(candidates=candidates),
+    )
 
 
 def tradeoff(
@@ -76,34 +76,26 @@ def tradeoff(
     k: int = 10,
     l2: float = 250.0,
 ) -> dict[str, Any]:
-    """Accuracy vs diversity/coverage/novelty of MMR and DPP over ``lambdas``."""
-    ranked, scores, relevant = candidate_lists(split, n_candidates, l2)
-    catalog = ItemCatalog.from_dataset(split.dataset, attributes=["genres"])
-    query = Query()
+    """Accuracy vs diversity/coverage/novelty of MMR and DPP over ``lambdas``, served."""
     rows: dict[str, dict[str, float]] = {}
-    base = summarize(ranked[:, :k], relevant, split, ks=(k,))
-    rows["ease_top10"] = base
-    for name, factory in (
-        ("mmr", lambda lam: MMRReranker(MMRConfig(lam=lam), catalog)),
-        ("dpp", lambda lam: DPPReranker(DPPConfig(lam=lam), catalog)),
-    ):
-        for lam in lambdas:
-            stage = factory(lam)
-            out = np.zeros((len(ranked), k), dtype=np.int64)
-            start = time.perf_counter()
-            for row in range(len(ranked)):
-                out[row] = stage(query, ItemList(ranked[row], scores[row]), k).items
-            seconds = time.perf_counter() - start
-            metrics = summarize(out, relevant, split, ks=(k,))
-            metrics["ms_per_user"] = 1000.0 * seconds / len(ranked)
-            rows[f"{name}@{lam:g}"] = metrics
-            log.info("%s lam=%g ndcg@10=%.4f ild=%.4f", name, lam, metrics["ndcg@10"],
-                     metrics["ild@10"])  # fmt: skip
+    configs: list[tuple[str, DecisionPipelineConfig]] = [("ease_top10", DecisionPipelineConfig())]
+    for name, make in (("mmr", MMRConfig), ("dpp", DPPConfig)):
+        configs += [
+            (f"{name}@{lam:g}", DecisionPipelineConfig(diversity=make(lam=lam))) for lam in lambdas
+        ]
+    ease = EASE(l2=l2).fit(split)
+    for name, config in configs:
+        engine = _engine(split, ease, config, candidates=n_candidates)
+        start = time.perf_counter()
+        metrics = evaluate_served(engine.serve, split, stage="test", ks=(k,))
+        metrics["ms_per_user"] = 1000.0 * (time.perf_counter() - start) / metrics["users"]
+        rows[name] = metrics
+        log.info("%s ndcg@10=%.4f ild=%.4f", name, metrics["ndcg@10"], metrics["ild@10"])
     return {"n_candidates": n_candidates, "k": k, "ease_l2": l2, "rows": rows}
 
 
 def cold_start(data: Dataset, seed: int = 2020, fraction: float = 0.2) -> dict[str, Any]:
-    """Context vs global popularity for users held out entirely."""
+    """The engine's answer to users held out entirely: context vs global popularity."""
     rng = np.random.default_rng(seed)
     users = np.arange(data.n_users)
     cold = np.sort(rng.choice(users, size=max(1, int(fraction * data.n_users)), replace=False))
@@ -117,19 +109,18 @@ def cold_start(data: Dataset, seed: int = 2020, fraction: float = 0.2) -> dict[s
         protocol="user_holdout",
         seed=seed,
     )
-    relevant = interaction_matrix(split.test, data.n_users, data.n_items)[cold]
     context = ContextPopularity().fit(split)
     global_only = ContextPopularity(ContextPopularityConfig(keys=())).fit(split)
-    queries = build_queries(split, cold)
     out: dict[str, Any] = {"cold_users": len(cold), "fraction": fraction, "seed": seed}
-    reasons: dict[str, int] = {}
+    ease = EASE().fit(split)
     for name, model in (("global_popularity", global_only), ("context_popularity", context)):
-        lists = [model(q, 20) for q in queries]
-        ranked = np.stack([lst.items for lst in lists])
-        out[name] = summarize(ranked, relevant, split)
-        if name == "context_popularity":
-            for lst in lists:
-                reasons[lst.reason] = reasons.get(lst.reason, 0) + 1
+        engine = _engine(split, ease, DecisionPipelineConfig(), fallback=model)
+        out[name] = evaluate_served(engine.serve, split, stage="test", users=cold)
+    queries = build_queries(split, cold)
+    reasons: dict[str, int] = {}
+    for query in queries:
+        reason = context(query, 10).reason
+        reasons[reason] = reasons.get(reason, 0) + 1
     out["context_reasons"] = reasons
     out["context_keys_fitted"] = sorted(context.tables)
     return out
@@ -233,8 +224,8 @@ def _latency_at(
         ),
         catalog,
         fallback,
+        log=DecisionLog(max_in_memory=0),
     )
-    pipeline.log.keep_in_memory = False
     topk = TopK()
     mmr = MMRReranker(MMRConfig(lam=0.7), catalog)
     dpp = DPPReranker(DPPConfig(lam=0.7), catalog)
@@ -269,14 +260,17 @@ def run_decision_bench(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": package_versions(),
         "seed": seed,
-        "protocol": "random per-user 80/10/10; EASE top-100 re-ranked to 10; test users",
+        "protocol": "random per-user 80/10/10; the Engine serving EASE top-100 through the "
+        "decision stage to 10; test users",
         "tradeoff": {},
         "cold_start": {},
     }
     for name in datasets:
         data = load_dataset(name)
         split = make_split(data, "random", seed=seed)
-        report["tradeoff"][name] = tradeoff(split, lambdas, l2=EASE_L2.get(name, 250.0))
+        registry = load_registry()
+        l2 = registry["ease"].config_for(name, registry).l2
+        report["tradeoff"][name] = tradeoff(split, lambdas, l2=l2)
         report["cold_start"][name] = cold_start(data, seed=seed)
         if name == datasets[0]:
             report["latency"] = {"dataset": name, **latency(data, split, latency_repeats)}
