@@ -112,6 +112,11 @@ class EngineConfig(ComponentConfig):
     budget_ms: float = Field(
         50.0, gt=0.0, description="Past this, the ranking stage is skipped (retrieval order)."
     )
+    exclude_history: bool = Field(
+        True,
+        description="Retrieval leaves out the items of the user's history (off for "
+        "session logs, where re-clicking an item is the likeliest next event).",
+    )
     num_threads: int | None = Field(
         1,
         ge=1,
@@ -388,7 +393,10 @@ class Engine:
     ) -> tuple[ItemList | None, str | None]:
         stage_start = time.perf_counter()
         try:
-            candidates = self.retriever(query, self.candidates)
+            if self.config.exclude_history:
+                candidates = self.retriever(query, self.candidates)
+            else:
+                candidates = self.retriever(query, self.candidates, exclude_seen=False)  # type: ignore[call-arg]
         except Exception as exc:  # noqa: BLE001 - degrade, never 5xx
             self._count_failure("retrieval", exc)
             timings["retrieval"] = _ms(stage_start)
