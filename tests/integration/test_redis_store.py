@@ -21,7 +21,9 @@ def test_a_server_comes_from_the_environment_without_apt(monkeypatch):
     import shutil
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr("recsys.features.redis_local.Path.is_file", lambda self: "valkey" in str(self))
+    monkeypatch.setattr(
+        "recsys.features.redis_local.Path.is_file", lambda self: "valkey" in str(self)
+    )
     binary = redis_server_binary()
     assert binary is not None and binary.endswith("valkey-server")
 

@@ -25,7 +25,7 @@ def test_every_registered_model_serves_what_the_bench_evaluates(report):
 
 
 def test_bench_report_names_configs_and_reused_training(report):
-    result, out = report
+    _, out = report
     written = json.loads((out / "quality.json").read_text())
     assert written["served_by"].startswith("recsys.serving.Engine")
     assert written["configs"]["two_tower+ranker"]["retriever"] == written["configs"]["two_tower"]

@@ -11,8 +11,8 @@ import pytest
 
 from recsys.data import Dataset, SyntheticConfig, generate, random_split
 from recsys.decision import ContextPopularity, ContextPopularityConfig, run_with_fallback
-from recsys.features import age_band
 from recsys.errors import NotFittedError
+from recsys.features import age_band
 from recsys.types import ItemList, Query
 
 

@@ -274,7 +274,7 @@ def test_experiment_variants_survive_a_reindexing_retrain() -> None:
 def test_engine_refuses_parts_trained_on_another_catalogue(parts) -> None:
     from recsys.data import SyntheticConfig, generate
 
-    split, ease, pop = parts
+    split, _, pop = parts
     other = random_split(generate(SyntheticConfig(n_users=60, n_items=90, seed=5)))
     foreign = EASE(l2=10.0).fit(other)
     with pytest.raises(ComponentMismatchError, match="retriever: trained on item index"):
@@ -300,7 +300,8 @@ def test_query_carries_ids_times_session_and_request_time(parts, tmp_path) -> No
     engine = build_engine(split, retriever=parts[1], event_log_dir=tmp_path / "log")
     user_id = data.user_index.ids[5]
     last = float(split.train["timestamp"].max())
-    engine.ingest([{"user_id": user_id, "item_id": "i3", "timestamp": last + 10, "session_id": "s9"}])
+    event = {"user_id": user_id, "item_id": "i3", "timestamp": last + 10, "session_id": "s9"}
+    engine.ingest([event])
     query = engine.query_for(user_id, now=last + 20)
     offline = timed_histories(split.train, data.n_users)[5]
     assert query.user_id == user_id and query.user == 5

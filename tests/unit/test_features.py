@@ -85,7 +85,7 @@ def test_feature_config_round_trips_and_rejects_unknown_keys():
 
 
 def test_recent_items_keep_last_n_oldest_first():
-    events = [Event("u", f"x{k}", float(k), event_type="view" if k % 2 else "buy") for k in range(8)]
+    events = [Event("u", f"x{k}", float(k), event_type=("buy", "view")[k % 2]) for k in range(8)]
     state = _fold(events, FeatureConfig(recent_items=3))
     assert state.recent_items == ["x5", "x6", "x7"]
     assert state.recent_times == [5.0, 6.0, 7.0]  # kept aligned with the items

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.bench.freshness import freshness_table, run_freshness
 from recsys.data import SyntheticConfig, generate
 from recsys.data.dataset import Dataset
-from recsys.bench.freshness import freshness_table, run_freshness
 from recsys.evaluation.replay import (
     MODES,
     FreshnessConfig,
