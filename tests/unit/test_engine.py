@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -136,12 +137,53 @@ def test_ranking_is_its_own_stage_and_is_skipped_past_the_budget(parts) -> None:
         calls.append(1)
         return items
 
-    engine = _engine(
-        parts, retriever=slow_retriever, ranker=ranker, config=EngineConfig(budget_ms=10.0)
-    )
+    config = EngineConfig(budget_ms=10.0, enforce_budget=False)
+    engine = _engine(parts, retriever=slow_retriever, ranker=ranker, config=config)
     answer = engine.recommend(history=_history(split, 4), k=5)
     assert not calls and answer.degraded["ranking"].startswith("skipped")
     assert len(answer.items) == 5
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("late", ["retrieval", "ranking"])
+def test_a_stage_past_the_budget_is_abandoned(parts, late, path) -> None:
+    """The budget binds: the answer comes at the deadline, not when the slow stage ends."""
+    split, ease, pop = parts
+
+    def slow(stage):
+        def call(*args):
+            if stage == late:
+                time.sleep(0.5)
+            return ease(*args) if stage == "retrieval" else args[1]
+
+        return call
+
+    engine = _engine(
+        parts,
+        retriever=slow("retrieval"),
+        ranker=slow("ranking"),
+        config=EngineConfig(budget_ms=40.0, decision_reserve_ms=5.0, enforce_budget=True),
+    )
+    history = _history(split, 4)
+    start = time.perf_counter()
+    if path == "sync":
+        answer = engine.recommend(history=history, k=5)
+    else:
+        answer = asyncio.run(engine.recommend_async(history=history, k=5))
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    assert elapsed_ms < 400.0  # answered at the deadline, not after the 500 ms stage
+    assert len(answer.items) == 5
+    assert engine.failure_counts() == {f"{late}:abandoned": 1}
+    if late == "retrieval":
+        assert answer.fallback == "retrieval abandoned at the 40 ms budget"
+        assert answer.items == split.dataset.item_index.to_ids(
+            pop(engine.query_for(history=history), 5).items
+        )
+    else:
+        assert answer.fallback is None
+        assert answer.degraded["ranking"].startswith("ranking abandoned at the 40 ms budget")
+        retrieved = ease(engine.query_for(history=history), 5)
+        assert answer.items == split.dataset.item_index.to_ids(retrieved.items)
 
 
 def test_profile_store_failure_is_reported_not_raised(parts) -> None:

@@ -16,11 +16,14 @@ another item index, or a ranker trained on another retriever's candidates, is re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -110,7 +113,21 @@ class EngineConfig(ComponentConfig):
     default_k: int = Field(10, ge=1, le=1000)
     max_k: int = Field(100, ge=1, le=10_000)
     budget_ms: float = Field(
-        50.0, gt=0.0, description="Past this, the ranking stage is skipped (retrieval order)."
+        50.0,
+        gt=0.0,
+        description="The request's latency budget. Ranking is skipped when retrieval has "
+        "spent it; with enforce_budget a stage still running at the deadline is abandoned.",
+    )
+    enforce_budget: bool = Field(
+        False,
+        description="Make recommend() run retrieval and ranking under a deadline (budget_ms "
+        "minus decision_reserve_ms) in a worker thread: a stage still running then is "
+        "abandoned and the request answered from the fallback (or the retrieval order, when "
+        "ranking was late). recommend_async() (the HTTP service) always does; serve() "
+        "(benchmarks) never does. Off by default: the hand-off costs a thread switch.",
+    )
+    decision_reserve_ms: float = Field(
+        5.0, ge=0.0, description="Budget kept for the decision stage after a deadline."
     )
     exclude_history: bool = Field(
         True,
@@ -163,6 +180,66 @@ class Served:
     variant: str | None = None
     filled: int = 0
     decision: Any = None
+
+
+class _Progress:
+    """How far a request's retrieval and ranking got.
+
+    Written by the stage thread, read by the request at its deadline; fields are replaced,
+    never mutated in place, so the request always reads a coherent snapshot.
+    """
+
+    def __init__(self) -> None:
+        self.stage: str | None = None
+        self.stage_start = 0.0
+        self.done: dict[str, float] = {}
+        self.degraded: dict[str, str] = {}
+        self.retrieved: ItemList | None = None
+        self.abandoned = False
+
+    def begin(self, stage: str) -> None:
+        self.stage, self.stage_start = stage, time.perf_counter()
+
+    def end(self, retrieved: ItemList | None = None) -> None:
+        if self.abandoned or self.stage is None:
+            return
+        if retrieved is not None:
+            self.retrieved = retrieved
+        self.done = {**self.done, self.stage: _ms(self.stage_start)}
+        self.stage = None
+
+    def abandon(self) -> str:
+        """Stop recording; the stage that was still running (``retrieval`` if none began)."""
+        self.abandoned = True
+        late = self.stage or "retrieval"
+        self.done = {**self.done, late: _ms(self.stage_start) if self.stage else 0.0}
+        return late
+
+    def report(self, timings: dict[str, float], degraded: dict[str, str]) -> None:
+        timings.update(self.done)
+        for stage, reason in list(self.degraded.items()):
+            degraded.setdefault(stage, reason)
+
+
+@dataclass
+class _Request:
+    """One request in flight through :meth:`Engine.recommend`."""
+
+    k: int
+    start: float
+    engine_config: EngineConfig
+    query: Query = field(default_factory=Query)
+    timings: dict[str, float] = field(default_factory=dict)
+    degraded: dict[str, str] = field(default_factory=dict)
+    progress: _Progress = field(default_factory=lambda: _Progress())
+    result: tuple[ItemList | None, str | None] = (None, None)
+    personalise: bool = False
+
+    def time_left(self) -> float:
+        """Seconds until retrieval and ranking must be done (the decision's share kept)."""
+        config = self.engine_config
+        deadline_ms = config.budget_ms - config.decision_reserve_ms
+        return max(0.0, deadline_ms - _ms(self.start)) / 1000.0
 
 
 class Engine:
@@ -220,6 +297,8 @@ class Engine:
         self.candidates = self.config.candidates or getattr(trained, "candidates", None) or 100
         self._failures: Counter[str] = Counter()
         self._failures_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         if self.config.num_threads is not None:
             _set_torch_threads(self.config.num_threads)
 
@@ -259,31 +338,111 @@ class Engine:
         Raises:
             ValueError: ``k`` outside 1..max_k (the API turns it into a 4xx naming ``k``).
         """
+        request = self._begin(user_id, k, context, history, consent, exclude, now)
+        if request.personalise:
+            if self.config.enforce_budget:
+                future = self._stage_pool().submit(
+                    self._retrieve_and_rank, request.query, request.start, request.progress
+                )
+                try:
+                    request.result = future.result(timeout=request.time_left())
+                except FuturesTimeout:
+                    request.result = self._abandoned(request.progress)
+            else:
+                request.result = self._retrieve_and_rank(
+                    request.query, request.start, request.progress
+                )
+        return self._finish(request)
+
+    async def recommend_async(
+        self,
+        user_id: str | None = None,
+        k: int | None = None,
+        context: Mapping[str, Any] | None = None,
+        history: Sequence[str] | None = None,
+        consent: bool = True,
+        exclude: Sequence[str] | None = None,
+        now: float | None = None,
+    ) -> Recommendation:
+        """:meth:`recommend` for an event loop (the HTTP service), the budget always binding.
+
+        The profile and decision stages run on the loop; retrieval and ranking in the stage
+        thread pool, awaited until the deadline — the one thread hand-off a synchronous
+        endpoint would pay anyway. Arguments as :meth:`recommend`.
+        """
+        request = self._begin(user_id, k, context, history, consent, exclude, now)
+        if request.personalise:
+            future = self._stage_pool().submit(
+                self._retrieve_and_rank, request.query, request.start, request.progress
+            )
+            try:
+                request.result = await asyncio.wait_for(
+                    asyncio.wrap_future(future), timeout=request.time_left()
+                )
+            except TimeoutError:
+                request.result = self._abandoned(request.progress)
+        return self._finish(request)
+
+    def _begin(
+        self,
+        user_id: str | None,
+        k: int | None,
+        context: Mapping[str, Any] | None,
+        history: Sequence[str] | None,
+        consent: bool,
+        exclude: Sequence[str] | None,
+        now: float | None,
+    ) -> _Request:
         k = self.config.default_k if k is None else k
         if not 1 <= k <= self.config.max_k:
             raise ValueError(f"k: must be between 1 and {self.config.max_k}, got {k}")
-        start = time.perf_counter()
-        timings: dict[str, float] = {}
-        degraded: dict[str, str] = {}
-        query = self.query_for(
-            user_id, context, history, consent, exclude, now, timings=timings, degraded=degraded
+        request = _Request(k=k, start=time.perf_counter(), engine_config=self.config)
+        request.query = self.query_for(
+            user_id,
+            context,
+            history,
+            consent,
+            exclude,
+            now,
+            timings=request.timings,
+            degraded=request.degraded,
         )
-        served = self._serve(query, k, start, timings, degraded)
-        timings["total"] = _ms(start)
+        request.result = (None, self._unpersonalised_reason(request.query))
+        request.personalise = request.result[1] is None
+        return request
+
+    def _finish(self, request: _Request) -> Recommendation:
+        ranked, reason = request.result
+        request.progress.report(request.timings, request.degraded)
+        served = self._decided(
+            request.query, ranked, reason, request.k, request.timings, request.degraded
+        )
+        request.timings["total"] = _ms(request.start)
+        slate = served.slate
         answer = Recommendation(
-            items=self.items.to_ids(served.slate.items),
-            scores=served.slate.scores.tolist(),
-            propensities=None
-            if served.slate.propensities is None
-            else served.slate.propensities.tolist(),
-            timings_ms=timings,
+            items=self.items.to_ids(slate.items),
+            scores=slate.scores.tolist(),
+            propensities=None if slate.propensities is None else slate.propensities.tolist(),
+            timings_ms=request.timings,
             fallback=served.fallback,
-            degraded=degraded,
+            degraded=request.degraded,
             variant=served.variant,
             filled=served.filled,
         )
-        self._log_decision(query, served, answer)
+        self._log_decision(request.query, served, answer)
         return answer
+
+    def _abandoned(self, progress: _Progress) -> tuple[ItemList | None, str | None]:
+        """The answer when the deadline passes with a stage still running."""
+        late = progress.abandon()
+        with self._failures_lock:
+            self._failures[f"{late}:abandoned"] += 1
+        log.warning("%s still running at the %g ms budget: abandoned", late, self.config.budget_ms)
+        reason = f"{late} abandoned at the {self.config.budget_ms:g} ms budget"
+        if late == "ranking" and progress.retrieved is not None:
+            progress.degraded["ranking"] = f"{reason}; retrieval order kept"
+            return progress.retrieved, None
+        return None, reason
 
     def serve(self, queries: Sequence[Query], k: int) -> list[ItemList]:
         """The slates of queries built offline, through the same stages as :meth:`recommend`.
@@ -291,10 +450,7 @@ class Engine:
         Benchmarks and replays call this with queries from
         :func:`recsys.evaluation.protocol.build_queries` (nothing is logged).
         """
-        out = []
-        for query in queries:
-            out.append(self._serve(query, k, time.perf_counter(), {}, {}).slate)
-        return out
+        return [self._serve(query, k, time.perf_counter()).slate for query in queries]
 
     def query_for(
         self,
@@ -361,24 +517,36 @@ class Engine:
             return dict(self._failures)
 
     # ------------------------------------------------------------------ stages
-    def _serve(
+    def _serve(self, query: Query, k: int, start: float) -> Served:
+        """The stages after the profile, inline (the offline :meth:`serve` path)."""
+        timings: dict[str, float] = {}
+        degraded: dict[str, str] = {}
+        ranked, reason = None, self._unpersonalised_reason(query)
+        progress = _Progress()
+        if reason is None:
+            ranked, reason = self._retrieve_and_rank(query, start, progress)
+        progress.report(timings, degraded)
+        return self._decided(query, ranked, reason, k, timings, degraded)
+
+    @staticmethod
+    def _unpersonalised_reason(query: Query) -> str | None:
+        if not query.consent:
+            return "no personalisation consent"
+        if len(query.history) == 0:
+            # a user with no known event: an id alone (even one in the model's index, e.g.
+            # registered but never active) carries no trained signal
+            return "cold start: no history"
+        return None
+
+    def _decided(
         self,
         query: Query,
+        ranked: ItemList | None,
+        reason: str | None,
         k: int,
-        start: float,
         timings: dict[str, float],
         degraded: dict[str, str],
     ) -> Served:
-        ranked: ItemList | None = None
-        reason: str | None = None
-        if not query.consent:
-            reason = "no personalisation consent"
-        elif len(query.history) == 0:
-            # a user with no known event: an id alone (even one in the model's index, e.g.
-            # registered but never active) carries no trained signal
-            reason = "cold start: no history"
-        else:
-            ranked, reason = self._retrieve_and_rank(query, start, timings, degraded)
         stage_start = time.perf_counter()
         served = self._decide(query, ranked, k, degraded)
         if served.fallback is None:
@@ -389,9 +557,10 @@ class Engine:
         return served
 
     def _retrieve_and_rank(
-        self, query: Query, start: float, timings: dict[str, float], degraded: dict[str, str]
+        self, query: Query, start: float, progress: _Progress
     ) -> tuple[ItemList | None, str | None]:
-        stage_start = time.perf_counter()
+        """Retrieval then ranking; ``progress`` says how far it got (read at a deadline)."""
+        progress.begin("retrieval")
         try:
             if self.config.exclude_history:
                 candidates = self.retriever(query, self.candidates)
@@ -399,22 +568,30 @@ class Engine:
                 candidates = self.retriever(query, self.candidates, exclude_seen=False)  # type: ignore[call-arg]
         except Exception as exc:  # noqa: BLE001 - degrade, never 5xx
             self._count_failure("retrieval", exc)
-            timings["retrieval"] = _ms(stage_start)
+            progress.end()
             return None, f"retrieval failed: {type(exc).__name__}: {exc}"
-        timings["retrieval"] = _ms(stage_start)
+        progress.end(candidates)
         if self.ranker is None or len(candidates) == 0:
             return candidates, None
         if _ms(start) > self.config.budget_ms:
-            degraded["ranking"] = "skipped: latency budget spent before ranking"
+            progress.degraded["ranking"] = "skipped: latency budget spent before ranking"
             return candidates, None
-        stage_start = time.perf_counter()
+        progress.begin("ranking")
         try:
             candidates = self.ranker(query, candidates)
         except Exception as exc:  # noqa: BLE001 - keep the retrieval order
             self._count_failure("ranking", exc)
-            degraded["ranking"] = f"failed, retrieval order kept: {type(exc).__name__}: {exc}"
-        timings["ranking"] = _ms(stage_start)
+            progress.degraded["ranking"] = (
+                f"failed, retrieval order kept: {type(exc).__name__}: {exc}"
+            )
+        progress.end()
         return candidates, None
+
+    def _stage_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="recsys-stage")
+            return self._pool
 
     def _decide(
         self, query: Query, ranked: ItemList | None, k: int, degraded: dict[str, str]
