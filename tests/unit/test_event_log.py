@@ -268,3 +268,44 @@ def test_the_hand_written_json_line_equals_the_generic_encoder(
     line = event.to_json()
     assert line == json.dumps(event.to_record(), separators=(",", ":"), ensure_ascii=False)
     assert Event.from_record(json.loads(line)) == event
+
+
+def _append_batches(directory: str, writer: int, batches: int) -> None:
+    from recsys.features.events import Event, EventLog
+
+    log = EventLog(directory, segment_max_events=37)
+    for b in range(batches):
+        log.write([Event(f"w{writer}", f"i{b}-{j}", float(b)) for j in range(5)])
+    log.close()
+
+
+def _forget_repeatedly(directory: str, times: int) -> None:
+    from recsys.features.events import Event, EventLog
+
+    log = EventLog(directory, segment_max_events=37)
+    for _ in range(times):
+        log.write([Event("x", "y", 0.0)])
+        log.forget("x")  # rewrites the segment the other writers append to
+    log.close()
+
+
+def test_several_processes_share_one_log_without_losing_events(tmp_path):
+    """Server workers append to one log (and one erases) concurrently: every event lands."""
+    import multiprocessing
+
+    from recsys.features.events import EventLog
+
+    ctx = multiprocessing.get_context("spawn")
+    directory = str(tmp_path / "shared")
+    procs = [ctx.Process(target=_append_batches, args=(directory, w, 60)) for w in range(2)]
+    procs.append(ctx.Process(target=_forget_repeatedly, args=(directory, 20)))
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    events = list(EventLog(directory).read())
+    by_writer = {w: sorted(e.item_id for e in events if e.user_id == f"w{w}") for w in range(2)}
+    expected = sorted(f"i{b}-{j}" for b in range(60) for j in range(5))
+    assert by_writer == {0: expected, 1: expected}
+    assert not [e for e in events if e.user_id == "x"]  # the erasures held too

@@ -142,6 +142,33 @@ class ContextPopularity:
                 out[column] = frame[column]
         return derive_context_columns(out)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that restore the fitted component (with its config)."""
+        self._require_fitted()
+        assert self.log_global is not None
+        out: dict[str, np.ndarray] = {
+            "log_global": self.log_global,
+            "config_json": np.frombuffer(self.config.model_dump_json().encode(), dtype=np.uint8),
+        }
+        for key, (labels, lift) in self.tables.items():
+            out[f"labels/{key}"] = np.asarray(sorted(labels, key=labels.__getitem__), dtype=str)
+            out[f"lift/{key}"] = lift
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> ContextPopularity:
+        """Inverse of :meth:`state` (never refits)."""
+        config = ContextPopularityConfig.model_validate_json(bytes(state["config_json"]).decode())
+        out = cls(config)
+        out.log_global = np.asarray(state["log_global"])
+        out.n_items = len(out.log_global)
+        for name in state:
+            if name.startswith("labels/"):
+                key = name.removeprefix("labels/")
+                labels = [str(v) for v in state[name]]
+                out.tables[key] = ({v: j for j, v in enumerate(labels)}, state[f"lift/{key}"])
+        return out
+
     def _require_fitted(self) -> int:
         if self.n_items is None or self.log_global is None:
             raise NotFittedError("ContextPopularity is not fitted: call fit(split_or_dataset)")

@@ -24,6 +24,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import re
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,6 +329,7 @@ class EventLog:
         self._handle: Any = None
         self._segment: Path | None = None
         self._segment_count = 0
+        self._lock_file: Any = None
 
     # -------------------------------------------------------------- segments
     def segments(self) -> list[Path]:
@@ -370,6 +373,9 @@ class EventLog:
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
 
     def __enter__(self) -> EventLog:
         return self
@@ -391,12 +397,43 @@ class EventLog:
         self.write(valid)
         return IngestResult(accepted=len(valid), rejected=rejected)
 
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the log across threads *and* processes (several server workers share it)."""
+        with self._lock:
+            if self._lock_file is None:
+                self._lock_file = open(self.directory / ".lock", "a+b")  # noqa: SIM115
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+
+    def _stale(self) -> bool:
+        """Whether another process moved the log on (a new segment, or a rewritten one)."""
+        if self._handle is None or self._segment is None:
+            return True
+        current = self.segments()
+        if not current or current[-1] != self._segment:
+            return True
+        try:
+            return os.fstat(self._handle.fileno()).st_ino != os.stat(self._segment).st_ino
+        except FileNotFoundError:
+            return True
+
     def write(self, events: list[Event]) -> None:
-        """Durably append already-validated events (flush + fsync before returning)."""
+        """Durably append already-validated events (flush + fsync before returning).
+
+        Safe across processes: the append happens under an exclusive lock on the log, after
+        checking that no other writer started a segment or rewrote this one (``forget``).
+        """
         if not events:
             return
-        with self._lock:
-            if self._handle is None:
+        with self._exclusive():
+            if self._stale():
+                if self._handle is not None:
+                    self._handle.close()
+                    self._handle = None
                 self._open_for_append()
             position = 0
             while position < len(events):
@@ -450,7 +487,7 @@ class EventLog:
         user_id = str(user_id)
         removed = 0
         needle = json.dumps(user_id)
-        with self._lock:
+        with self._exclusive():
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
