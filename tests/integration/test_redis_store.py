@@ -160,3 +160,26 @@ def test_redis_store_uses_the_shared_feature_config(server, data):
     assert len(state.recent_items) <= 2
     store.clear()
     assert store.user_ids() == []
+
+
+def test_consent_is_shared_through_redis_and_never_guessed(server, data, tmp_path):
+    from recsys.features.ingest import ConsentUnavailableError, RedisConsentRegistry
+
+    catalog = data[1]
+    store = RedisStore(server.url, catalog, prefix="t:consent:")
+    one, other = (
+        RedisConsentRegistry(store),
+        RedisConsentRegistry(RedisStore(server.url, catalog, prefix="t:consent:")),
+    )
+    one.set("u1", False)
+    assert other.allows_many(["u1", "u2"]) == [False, True]  # seen by another worker
+    ingestor = Ingestor(store, EventLog(tmp_path / "log"), consent=other)
+    result = ingestor.ingest([{"user_id": "u1", "item_id": "i1", "timestamp": 1.0}])
+    assert result.accepted == 0 and result.anonymous == 1
+    broken = RedisConsentRegistry(RedisStore(f"redis://127.0.0.1:{free_port()}/0", catalog))
+    with pytest.raises(ConsentUnavailableError):
+        broken.allows("u1")
+    refused = Ingestor(store, EventLog(tmp_path / "log2"), consent=broken)
+    with pytest.raises(ConsentUnavailableError):
+        refused.ingest([{"user_id": "u2", "item_id": "i1", "timestamp": 1.0}])
+    assert len(refused.log) == 0  # nothing written for events whose consent is unknown

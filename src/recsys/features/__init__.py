@@ -36,7 +36,14 @@ from recsys.features.events import (
     events_to_frame,
     validate_event,
 )
-from recsys.features.ingest import ConsentRegistry, ForgetResult, Ingestor, replay
+from recsys.features.ingest import (
+    ConsentRegistry,
+    ConsentUnavailableError,
+    ForgetResult,
+    Ingestor,
+    RedisConsentRegistry,
+    replay,
+)
 from recsys.features.offline import (
     OfflineFeatures,
     build_offline_features,
@@ -54,6 +61,7 @@ from recsys.features.store import (
 __all__ = [
     "FEATURES",
     "ConsentRegistry",
+    "ConsentUnavailableError",
     "Event",
     "EventLog",
     "FeatureConfig",
@@ -66,6 +74,7 @@ __all__ = [
     "ItemInfoCatalog",
     "OfflineFeatures",
     "OnlineStore",
+    "RedisConsentRegistry",
     "RedisStore",
     "Rejected",
     "StoreUnavailableError",

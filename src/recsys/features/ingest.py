@@ -30,11 +30,15 @@ from typing import Any
 import numpy as np
 
 from recsys.features.events import Event, EventLog, IngestResult, validate_events
-from recsys.features.store import OnlineStore, StoreUnavailableError
+from recsys.features.store import OnlineStore, RedisStore, StoreUnavailableError
+
+
+class ConsentUnavailableError(StoreUnavailableError):
+    """A shared consent registry cannot be reached: nobody's consent can be verified."""
 
 
 class ConsentRegistry:
-    """Per-user consent to store and personalise (in memory; the source of truth is upstream).
+    """Per-user consent to store and personalise (in memory: one process).
 
     Args:
         default: Consent of users never set explicitly (``True``: opt-out model).
@@ -52,6 +56,52 @@ class ConsentRegistry:
     def allows(self, user_id: str) -> bool:
         """Whether the user's events may be stored and used to personalise."""
         return self._flags.get(str(user_id), self.default)
+
+    def allows_many(self, user_ids: Sequence[str]) -> list[bool]:
+        """:meth:`allows` for several users (one round trip in shared backends)."""
+        return [self.allows(u) for u in user_ids]
+
+
+class RedisConsentRegistry(ConsentRegistry):
+    """Consent shared by every server worker: one Redis hash (``<prefix>consent``).
+
+    Uses the :class:`RedisStore`'s connection and circuit breaker. When Redis cannot be
+    reached the registry does not guess: it raises :class:`ConsentUnavailableError`, and
+    callers serve without personalisation and refuse to store events they cannot clear.
+
+    Args:
+        store: The Redis online store whose connection to share.
+        default: Consent of users never set explicitly.
+    """
+
+    def __init__(self, store: RedisStore, default: bool = True) -> None:
+        super().__init__(default)
+        self.store = store
+        self.key = f"{store.prefix}consent"
+
+    def set(self, user_id: str, consent: bool) -> None:
+        """Record a user's choice (raises :class:`ConsentUnavailableError`)."""
+        try:
+            self.store._call(
+                "consent set", lambda: self.store.client.hset(self.key, str(user_id), int(consent))
+            )
+        except StoreUnavailableError as exc:
+            raise ConsentUnavailableError(str(exc)) from exc
+
+    def allows(self, user_id: str) -> bool:
+        """Whether the user consents (raises :class:`ConsentUnavailableError`)."""
+        return self.allows_many([user_id])[0]
+
+    def allows_many(self, user_ids: Sequence[str]) -> list[bool]:
+        """One HMGET for several users (raises :class:`ConsentUnavailableError`)."""
+        if not user_ids:
+            return []
+        ids = [str(u) for u in user_ids]
+        try:
+            values = self.store._call("consent get", lambda: self.store.client.hmget(self.key, ids))
+        except StoreUnavailableError as exc:
+            raise ConsentUnavailableError(str(exc)) from exc
+        return [self.default if v is None else v in (b"1", "1", 1) for v in values]
 
 
 @dataclass
@@ -90,12 +140,20 @@ class Ingestor:
         Returns:
             An :class:`~recsys.features.events.IngestResult`; never raises for bad events or an
             unreachable store (a failing disk does raise: nothing would be acknowledged).
+
+        Raises:
+            ConsentUnavailableError: A shared consent registry cannot be read; nothing of the
+                batch was written.
         """
         valid, rejected = validate_events(events)
         kept: list[Event] = []
         anonymous: list[str] = []
+        users = list(dict.fromkeys(e.user_id for e in valid))
+        # raises ConsentUnavailableError before anything is written: events whose consent
+        # cannot be checked are refused, not stored and not dropped silently
+        allowed = dict(zip(users, self.consent.allows_many(users), strict=True))
         for event in valid:
-            if self.consent.allows(event.user_id):
+            if allowed[event.user_id]:
                 kept.append(event)
             else:
                 anonymous.append(event.item_id)  # the item only: no user, no session
