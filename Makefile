@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export RECSYS_SHARED_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-fast lint format clean-venv
+.PHONY: setup demo test test-fast lint format clean-venv bento
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The served model trains on ml-latest-small unless DATASET= says otherwise (MODEL= likewise).
+DATASET ?= ml-latest-small
+MODEL ?= two_tower+ranker
+bento: $(STAMP)
+	$(VENV)/bin/recsys bento build --dataset $(DATASET) --model $(MODEL)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# hermetic: BentoML's model and bento stores of a test run live in a throwaway folder, set
+# before anything imports bentoml (it reads the variable once)
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="recsys-test-bentoml-")
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
+bento_app = typer.Typer(help="Build and ship the personalisation Bento.", no_args_is_help=True)
+app.add_typer(bento_app, name="bento")
 
 DEFAULT_BENCH_DIR = Path("experiments/bench")
 
@@ -188,6 +190,45 @@ def bench_latency(
     typer.echo(f"\nwrote {out / 'latency.json'} and {out / 'latency.md'}")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    dataset: Annotated[str, typer.Option(help="Dataset the served model trains on.")] = (
+        "ml-latest-small"
+    ),
+    model: Annotated[str, typer.Option(help="Registered model to serve.")] = "two_tower+ranker",
+    tag: Annotated[str | None, typer.Option(help="An exported engine's tag.")] = None,
+    url: Annotated[str | None, typer.Option(help="Drive a running server instead.")] = None,
+    workers: Annotated[int, typer.Option(help="bentoml serve workers.")] = 2,
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 2000,
+    rate: Annotated[
+        list[float] | None, typer.Option("--rate", help="Open-loop rates (repeatable).")
+    ] = None,
+    rate_seconds: Annotated[float, typer.Option(help="Seconds per open-loop rate.")] = 10.0,
+    soak_seconds: Annotated[float, typer.Option(help="Soak at half capacity (0: none).")] = 0.0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "serve",
+) -> None:
+    """The real bentoml serve under load from a separate process; capacity; in-process split."""
+    from recsys.bench.serve import run_serve_bench, serve_table
+
+    try:
+        report = run_serve_bench(
+            out,
+            dataset=dataset,
+            model=model,
+            tag=tag,
+            url=url,
+            workers=workers,
+            requests_per_level=requests,
+            rates=rate or (100, 200, 300, 400, 500, 600, 700, 800),
+            rate_seconds=rate_seconds,
+            soak_seconds=soak_seconds,
+        )
+    except RecsysError as exc:
+        _fail(exc)
+    typer.echo(serve_table(report))
+    typer.echo(f"\nwrote {out / 'serve.json'} and {out / 'serve.md'}")
+
+
 def _train_split(dataset: str, protocol: str, seed: int):
     from recsys.data import load_dataset, make_split
 
@@ -257,6 +298,49 @@ def train_two_stage(
     model.save(out)
     typer.echo(json.dumps(model.bench_info(), indent=2, default=float))
     typer.echo(f"saved to {out}")
+
+
+@app.command("export")
+def export(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "ml-latest-small",
+    model: Annotated[
+        str, typer.Option(help="Registered model: two_tower+ranker | two_tower | ease | ...")
+    ] = "two_tower+ranker",
+    protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+) -> None:
+    """Train a registered model and export its Engine to BentoML's model store."""
+    from recsys.serving.bento import train_and_export
+
+    try:
+        saved, metrics = train_and_export(dataset, model, protocol, seed)
+    except RecsysError as exc:
+        _fail(exc)
+    summary = {stage: {k: round(v, 4) for k, v in m.items() if k in ("ndcg@10", "recall@10")}
+               for stage, m in metrics.items()}  # fmt: skip
+    typer.echo(json.dumps({"tag": str(saved.tag), "metrics": summary}, indent=2))
+
+
+@bento_app.command("build")
+def bento_build(
+    dataset: Annotated[str, typer.Option(help="Dataset the served model trains on.")] = (
+        "ml-latest-small"
+    ),
+    model: Annotated[str, typer.Option(help="Registered model to serve.")] = "two_tower+ranker",
+    protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
+    retrain: Annotated[bool, typer.Option(help="Train even if an export exists.")] = False,
+) -> None:
+    """Train what is missing, export, `bentoml build`, archive to bentos/dist/ (make bento)."""
+    from recsys.serving.bento import build_bento
+
+    try:
+        result = build_bento(dataset, model, protocol, retrain=retrain)
+    except RecsysError as exc:
+        _fail(exc)
+    typer.echo(f"model   {result.model_tag} ({'trained' if result.trained else 'reused'})")
+    typer.echo(f"bento   {result.bento_tag}")
+    typer.echo(f"archive {result.archive}")
+    typer.echo(f"serve:  bentoml serve {result.bento_tag}")
 
 
 @app.command("demo")

@@ -9,7 +9,14 @@ import numpy as np
 
 from recsys.data.splits import Split
 from recsys.decision import ContextPopularity, DecisionPipeline, DecisionPipelineConfig, ItemCatalog
-from recsys.features import EventLog, Ingestor, InProcessStore, ItemInfoCatalog, OnlineStore
+from recsys.features import (
+    ConsentRegistry,
+    EventLog,
+    Ingestor,
+    InProcessStore,
+    ItemInfoCatalog,
+    OnlineStore,
+)
 from recsys.retrieval import EASE, Recommender
 from recsys.serving.engine import Engine, EngineConfig, Reranker
 from recsys.serving.profiles import split_profiles
@@ -27,6 +34,7 @@ def build_engine(
     user_context: bool = True,
     decision_log: Any = None,
     fallback: ContextPopularity | None = None,
+    consent: ConsentRegistry | None = None,
 ) -> Engine:
     """An engine over ``split``'s catalogue with every stage wired.
 
@@ -48,6 +56,7 @@ def build_engine(
         decision_log: A :class:`~recsys.decision.DecisionLog` for the pipeline.
         fallback: A fitted cold-start / failure fallback (default: context popularity
             fitted on ``split``).
+        consent: The ingestor's consent registry (default: everyone consents, in memory).
     """
     data = split.dataset
     retriever = retriever or EASE().fit(split)
@@ -61,7 +70,9 @@ def build_engine(
             log=decision_log,
         )
     store = store or InProcessStore(ItemInfoCatalog.from_dataset(data))
-    ingestor = Ingestor(store, EventLog(event_log_dir)) if event_log_dir is not None else None
+    ingestor = None
+    if event_log_dir is not None:
+        ingestor = Ingestor(store, EventLog(event_log_dir), consent=consent)
     return Engine(
         data.item_index,
         retriever=retriever,
