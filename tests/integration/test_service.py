@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from recsys.serving.client import RecsysClient
 from recsys.serving.server import post, start_server
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
@@ -157,6 +158,31 @@ def test_a_raising_ranker_and_a_late_retriever_degrade_not_fail(exported, tmp_pa
         assert status == 200 and len(answer["items"]) == 5
         assert answer["fallback"] == "retrieval abandoned at the 50 ms budget"
         assert elapsed < 0.6  # answered at the budget, not after the 800 ms stage
+        # a page with a 10 ms budget for personalisation shows its cached slate instead
+        client = RecsysClient(s.url, timeout=0.01, fallback_items=["cached-1", "cached-2"])
+        answer = client.recommend(user_id=user, k=2)
+        assert answer.degraded and answer.items == ["cached-1", "cached-2"]
+        assert "service unavailable" in answer.reason
+
+
+def test_the_client_caches_a_slate_and_degrades_when_the_service_dies(exported, tmp_path):
+    tag, split = exported
+    user = split.dataset.user_index.ids[4]
+    s = start_server(model_tag=tag, log_dir=tmp_path)
+    try:
+        client = RecsysClient(s.url, timeout=2.0, retry_after=30.0)
+        assert client.refresh_fallback(k=5) and len(client.fallback_items) == 5
+        live = client.recommend(user_id=user, k=5)
+        assert not live.degraded and len(live.items) == 5 and live.response["timings_ms"]
+        assert client.events([{"user_id": user, "item_id": live.items[0], "timestamp": 2e9}])
+    finally:
+        s.stop()
+    down = client.recommend(user_id=user, k=5)
+    assert down.degraded and down.items == client.fallback_items
+    started = time.perf_counter()
+    again = client.recommend(user_id=user, k=5)  # circuit open: no second timeout
+    assert again.degraded and "circuit open" in again.reason
+    assert time.perf_counter() - started < 1.0
 
 
 def test_two_workers_share_state_and_survive_redis_loss(exported, tmp_path):
