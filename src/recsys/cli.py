@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from recsys.errors import RecsysError
 
 app = typer.Typer(
     help="recsys: real-time personalisation research framework.", no_args_is_help=True
 )
-data_app = typer.Typer(help="Fetch and inspect datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Fetch, register and inspect datasets.", no_args_is_help=True)
 bench_app = typer.Typer(
     help="Benchmarks; each writes JSON under its --out folder.", no_args_is_help=True
 )
@@ -29,6 +30,9 @@ bento_app = typer.Typer(help="Build and ship the personalisation Bento.", no_arg
 app.add_typer(bento_app, name="bento")
 
 DEFAULT_BENCH_DIR = Path("experiments/bench")
+DATASET_HELP = (
+    "A built-in (ml-100k, ml-latest-small, synthetic) or registered dataset (recsys data list)."
+)
 
 
 def _fail(exc: Exception) -> None:
@@ -59,20 +63,151 @@ def data_fetch(
 
 
 @data_app.command("info")
-def data_info(dataset: Annotated[str, typer.Argument(help="ml-100k | ml-latest-small")]) -> None:
-    """Print a dataset's counts and time span as JSON."""
+def data_info(
+    dataset: Annotated[str, typer.Argument(help="A built-in or registered dataset.")],
+) -> None:
+    """Print a dataset's counts, time span and (registered datasets) source as JSON."""
     from recsys.data import load_dataset
 
     try:
         summary = load_dataset(dataset).summary()
     except (RecsysError, ValueError) as exc:
         _fail(exc)
-    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the dataset names every command takes: built-ins, then registered configs."""
+    from recsys.data.registry import BUILTIN_DATASETS, registered_datasets
+
+    for name in BUILTIN_DATASETS:
+        typer.echo(f"{name}\tbuilt-in")
+    for name, path in registered_datasets().items():
+        typer.echo(f"{name}\t{path}")
+
+
+_SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """``["user_id=visitor", ...]`` → ``{"user_id": "visitor"}``."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        target, sep, source = value.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise typer.BadParameter(
+                f"{value!r}: expected SCHEMA_COLUMN=FILE_COLUMN", param_hint=option
+            )
+        out[target.strip()] = source.strip()
+    return out
+
+
+def _separator(value: str | None) -> str | None:
+    return None if value is None else _SEPARATOR_NAMES.get(value, value)
+
+
+@data_app.command("add")
+def data_add(
+    name: Annotated[str, typer.Argument(help="Name of the new dataset (not a built-in).")],
+    events: Annotated[
+        list[Path], typer.Option("--events", "-e", help="Events file (repeatable, read in order).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto | csv | tsv | semicolon | parquet")
+    ] = "auto",
+    sep: Annotated[
+        str | None, typer.Option("--sep", help="Separator (tab, comma, ';', ...); else sniffed.")
+    ] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="SCHEMA=COLUMN, e.g. user_id=visitor (repeatable)."),
+    ] = None,
+    timestamp_unit: Annotated[
+        str, typer.Option("--timestamp-unit", help="s | ms | us | ns (numeric timestamps).")
+    ] = "s",
+    date_format: Annotated[
+        str | None, typer.Option("--date-format", help="strftime format of date strings.")
+    ] = None,
+    session_column: Annotated[
+        str | None, typer.Option("--session-column", help="The file's session id column.")
+    ] = None,
+    session_key: Annotated[
+        str | None,
+        typer.Option("--session-key", help="user | session (default: session if no user id)."),
+    ] = None,
+    session_gap: Annotated[
+        float | None, typer.Option("--session-gap", help="Derive sessions: idle minutes.")
+    ] = None,
+    items: Annotated[Path | None, typer.Option("--items", help="Item side file.")] = None,
+    item_map: Annotated[
+        list[str] | None,
+        typer.Option("--item-map", help="item_id|title|genres|year=COLUMN (repeatable)."),
+    ] = None,
+    genres_sep: Annotated[str, typer.Option("--genres-sep", help="Inside genres.")] = "|",
+    users: Annotated[Path | None, typer.Option("--users", help="User side file.")] = None,
+    user_map: Annotated[
+        list[str] | None, typer.Option("--user-map", help="user_id=COLUMN.")
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding.")] = "utf-8",
+    description: Annotated[str, typer.Option(help="One line for reports.")] = "",
+    drop_invalid: Annotated[
+        bool, typer.Option(help="Drop rows with empty ids / bad values (else refuse the file).")
+    ] = False,
+    checksum: Annotated[bool, typer.Option(help="Record SHA-256s (checked on load).")] = True,
+    folder: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Config folder (default experiments/configs/datasets)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing config.")] = False,
+) -> None:
+    """Check events files (read in full), then register them: configs/datasets/NAME.yaml."""
+    from recsys.data.registry import DatasetConfig, add_dataset, check_report
+
+    columns = _pairs(mapping, "--map")
+    if session_column:
+        columns["session_id"] = session_column
+    spec: dict[str, object] = {
+        "name": name,
+        "description": description,
+        "events": [str(p) for p in events],
+        "format": fmt,
+        "separator": _separator(sep),
+        "encoding": encoding,
+        "columns": columns,
+        "timestamp_unit": timestamp_unit,
+        "date_format": date_format,
+        "session": {"key": session_key, "gap_minutes": session_gap},
+        "drop_invalid": drop_invalid,
+    }
+    if items is not None:
+        spec["items"] = {
+            "path": str(items),
+            "columns": _pairs(item_map, "--item-map"),
+            "genres_separator": genres_sep,
+        }
+    if users is not None:
+        spec["users"] = {"path": str(users), "columns": _pairs(user_map, "--user-map")}
+    try:
+        config = DatasetConfig.model_validate(spec)
+        path, dataset = add_dataset(config, folder=folder, force=force, checksum=checksum)
+    except ValidationError as exc:
+        _fail(ValueError(_validation_message(exc)))
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(check_report(dataset))
+    typer.echo(f"wrote {path}")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'dataset'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 @bench_app.command("quality")
 def bench_quality(
-    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = "ml-100k",
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ml-100k",
     protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "quality",
     model: Annotated[
@@ -165,7 +300,7 @@ def bench_decision(
 
 @bench_app.command("latency")
 def bench_latency(
-    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "ml-latest-small",
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ml-latest-small",
     model: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="Models to serve (repeatable).")
     ] = None,
@@ -248,9 +383,7 @@ def _registered_config(name: str, dataset: str, overrides: str | None) -> object
 @train_app.command("two-tower")
 def train_two_tower(
     out: Annotated[Path, typer.Option(help="Directory for the trained retriever.")],
-    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = (
-        "ml-100k"
-    ),
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ml-100k",
     protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
     seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
     config: Annotated[str | None, typer.Option(help="TwoTowerConfig overrides as JSON.")] = None,
@@ -273,9 +406,7 @@ def train_two_tower(
 @train_app.command("two-stage")
 def train_two_stage(
     out: Annotated[Path, typer.Option(help="Directory for the trained two-stage model.")],
-    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = (
-        "ml-100k"
-    ),
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ml-100k",
     protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
     seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
     retriever: Annotated[

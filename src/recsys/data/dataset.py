@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,16 +73,27 @@ class Dataset:
             the dataset has them, ``tags`` (tuple of str).
         users: One row per user indexed by external ``user_id`` with context columns
             (MovieLens-100K: ``age``, ``gender``, ``occupation``, ``zip``); may be empty.
+        key: ``user``, or ``session`` for anonymous session logs: then every "user" is one
+            session (``user_id`` equals ``session_id``), there are no returning users, and a
+            benchmark splits whole sessions by time
+            (:func:`~recsys.data.splits.session_time_split`) and predicts each session's
+            next events from its prefix.
+        metadata: Where the data came from (a registered dataset's config, files, column
+            mapping, dropped rows, displaced columns); shown by :meth:`summary`.
     """
 
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame = field(default_factory=pd.DataFrame)
+    key: str = "user"
+    metadata: dict[str, Any] = field(default_factory=dict)
     user_index: IdIndex = field(init=False)
     item_index: IdIndex = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.key not in ("user", "session"):
+            raise ValueError(f"Dataset key: {self.key!r}; use 'user' or 'session'")
         self.interactions = validate_interactions(self.interactions, source=self.name)
         item_ids = list(dict.fromkeys([*map(str, self.items.index), *self.interactions["item_id"]]))
         if len(item_ids) != len(self.items):
@@ -118,6 +130,11 @@ class Dataset:
         """Number of catalogue items."""
         return len(self.item_index)
 
+    @property
+    def session_keyed(self) -> bool:
+        """True when the dataset's users are anonymous sessions (``key == "session"``)."""
+        return self.key == "session"
+
     def item_genres(self) -> list[tuple[str, ...]]:
         """Genres of each item in dense-index order."""
         return list(self.items["genres"])
@@ -142,6 +159,8 @@ class Dataset:
         """Counts and time span, for ``recsys data info``."""
         ts = self.interactions["timestamp"]
         n = len(self.interactions)
+        sessions = self.interactions["session_id"]
+        sessions = sessions[sessions != ""]
         return {
             "name": self.name,
             "interactions": n,
@@ -150,11 +169,19 @@ class Dataset:
             "items_with_interactions": int(self.interactions["item"].nunique()),
             "density": n / max(1, self.n_users * self.n_items),
             "genres": len(self.genre_names()),
-            "first_event": pd.to_datetime(ts.min(), unit="s", utc=True).isoformat(),
-            "last_event": pd.to_datetime(ts.max(), unit="s", utc=True).isoformat(),
+            "first_event": _iso(ts.min()),
+            "last_event": _iso(ts.max()),
             "event_types": sorted(self.interactions["event_type"].unique().tolist()),
             "user_context": [str(c) for c in self.users.columns],
+            "key": self.key,
+            "sessions": int(sessions.nunique()),
+            **self.metadata,
         }
+
+
+def _iso(seconds: float) -> str:
+    """ISO 8601 (UTC) to the millisecond: float seconds carry no finer truth."""
+    return pd.Timestamp(round(float(seconds) * 1000), unit="ms", tz="UTC").isoformat()
 
 
 def interaction_matrix(

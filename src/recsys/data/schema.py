@@ -49,6 +49,15 @@ def validate_interactions(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         raise DataError(
             f"{source}: missing required column(s) {missing}; found columns {list(frame.columns)}"
         )
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        # e.g. a rename onto a name the frame already had: say so instead of failing later
+        # with pandas' "truth value of a Series is ambiguous"
+        raise DataError(
+            f"{source}: column(s) {repeated} appear more than once; found columns "
+            f"{list(frame.columns)} (read files with recsys.data.read_events, where a mapping "
+            "displaces the file's own column)"
+        )
     out = frame.copy()
     for column, default in OPTIONAL_DEFAULTS.items():
         if column not in out.columns:

@@ -5,6 +5,8 @@
   validation, latest 10 % test (RecBole's ``TO`` + ``RS``).
 * :func:`leave_last_out`: per-user, the last ``n`` events by time held out.
 * :func:`time_cutoff_split`: one global cutoff: everything before trains, nothing after does.
+* :func:`session_time_split`: whole sessions by time (the last day is test): the split of
+  anonymous session logs (session-rec's), and of any log with session ids.
 """
 
 from __future__ import annotations
@@ -135,6 +137,131 @@ def time_cutoff_split(dataset: Dataset, valid_start: float, test_start: float) -
     split.valid = split.valid[split.valid["user"].isin(known_users)].reset_index(drop=True)
     split.test = split.test[split.test["user"].isin(known_users)].reset_index(drop=True)
     return split
+
+
+DAY_SECONDS = 86_400.0
+
+
+def session_time_split(
+    dataset: Dataset,
+    test_days: float | None = None,
+    valid_days: float | None = None,
+    *,
+    test_fraction: float | None = None,
+    valid_fraction: float | None = None,
+    test_start: float | None = None,
+    valid_start: float | None = None,
+    by: str = "end",
+    known_items_only: bool = True,
+    min_session_length: int = 2,
+) -> Split:
+    """Split whole sessions by time: older sessions train, the latest ones test.
+
+    Each session goes to one part, by its end time (``by="end"``, default) or start time.
+    The test cutoff is given by exactly one of ``test_start`` (Unix seconds), ``test_days``
+    (the last days of the log) or ``test_fraction`` (the latest share of sessions); default:
+    the last day. Validation, optional, is the sessions just before the test cutoff, given the
+    same ways. By end time no training event is later than the cutoff, and on the YOOCHOOSE
+    sample (``yoochoose-sample``) ``test_days=1`` reproduces session-rec's train/test files
+    session for session.
+
+    As session-rec does, validation and test keep only events on items seen in training (a
+    model can only rank those) and then only sessions with at least ``min_session_length``
+    events (a session needs a prefix and a next event).
+
+    Args:
+        dataset: A session-keyed dataset (sessions are its users), or one with session ids.
+        test_days: Test = sessions at or after ``last event − test_days`` days.
+        valid_days: Valid = sessions in the ``valid_days`` days before the test cutoff.
+        test_fraction: Test = this latest share of sessions (0 < f < 1).
+        valid_fraction: Valid = this share of sessions just before the test ones.
+        test_start: Test cutoff in Unix seconds.
+        valid_start: Validation cutoff in Unix seconds (≤ the test cutoff).
+        by: ``end`` or ``start``: which time of a session places it.
+        known_items_only: Drop validation / test events on items absent from training.
+        min_session_length: Drop shorter validation / test sessions (after that filter).
+
+    Returns:
+        A split with ``protocol="session_time"``; ``target_users("test")`` are the test
+        sessions (on a session-keyed dataset).
+
+    Raises:
+        ValueError: Conflicting or out-of-range cutoffs, or a dataset without sessions.
+    """
+    if by not in ("end", "start"):
+        raise ValueError(f"by: {by!r}; use 'end' or 'start'")
+    frame = dataset.interactions
+    if dataset.session_keyed:
+        codes = frame["user"].to_numpy(np.int64)
+    else:
+        sessions = frame["session_id"].astype(str)
+        if (sessions == "").any():
+            raise ValueError(
+                f"{dataset.name}: {int((sessions == '').sum())} events without a session id; "
+                "session_time_split needs sessions (register the file with a session column "
+                "or session.gap_minutes)"
+            )
+        codes = pd.factorize(sessions)[0].astype(np.int64)
+    ts = frame["timestamp"].to_numpy(np.float64)
+    grouped = pd.Series(ts).groupby(codes)
+    session_time = (grouped.max() if by == "end" else grouped.min()).to_numpy(np.float64)
+    placed = np.sort(session_time)
+    last = float(ts.max()) if len(ts) else 0.0
+    test_cut = _cutoff(placed, last, test_start, test_days, test_fraction, "test", default=1.0)
+    valid_cut = test_cut
+    if any(v is not None for v in (valid_start, valid_days, valid_fraction)):
+        before = placed[placed < test_cut]
+        valid_cut = _cutoff(
+            before, test_cut, valid_start, valid_days, valid_fraction, "valid", share_of=len(placed)
+        )
+        if valid_cut > test_cut:
+            raise ValueError("valid_start must not be after the test cutoff")
+    part_of_session = np.where(
+        session_time >= test_cut, 2, np.where(session_time >= valid_cut, 1, 0)
+    ).astype(np.int8)
+    labels = part_of_session[codes]
+    split = _make(dataset, frame, labels, "session_time", None)
+    train_items = set(split.train["item"].tolist())
+    held_codes = [codes[labels == k] for k in (1, 2)]
+    for attr, part_codes in zip(("valid", "test"), held_codes, strict=True):
+        part = getattr(split, attr)
+        keep = np.ones(len(part), dtype=bool)
+        if known_items_only:
+            keep &= part["item"].isin(train_items).to_numpy()
+        counts = pd.Series(part_codes[keep]).value_counts()
+        long_enough = set(counts[counts >= min_session_length].index.tolist())
+        keep &= np.isin(part_codes, list(long_enough))
+        setattr(split, attr, part[keep].reset_index(drop=True))
+    return split
+
+
+def _cutoff(
+    placed: np.ndarray,
+    end: float,
+    start: float | None,
+    days: float | None,
+    fraction: float | None,
+    part: str,
+    default: float | None = None,
+    share_of: int | None = None,
+) -> float:
+    """A time cutoff from exactly one of a time, a number of days before ``end``, or a share."""
+    given = [v is not None for v in (start, days, fraction)]
+    if sum(given) > 1:
+        raise ValueError(f"{part}: give one of {part}_start, {part}_days, {part}_fraction")
+    if start is not None:
+        return float(start)
+    if fraction is not None:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"{part}_fraction: must be in (0, 1), got {fraction}")
+        n = int(np.ceil(fraction * (share_of or len(placed))))
+        if n > len(placed) or not len(placed):
+            raise ValueError(f"{part}_fraction: {fraction} leaves no sessions before it")
+        return float(placed[len(placed) - n])
+    days = default if days is None else days
+    if days is None or days <= 0:
+        raise ValueError(f"{part}_days: must be > 0, got {days}")
+    return end - days * DAY_SECONDS
 
 
 def make_split(dataset: Dataset, protocol: str, seed: int = 2020) -> Split:
