@@ -478,11 +478,16 @@ def bento_build(
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "demo",
 ) -> None:
-    """The main job end to end on real data: fetch ML-100K, benchmark both protocols."""
+    """The main job end to end on real data: benchmarks, the engine, the served Bento."""
     from recsys.bench.quality import quality_table, run_quality
     from recsys.data import load_ml100k, temporal_split
     from recsys.data.movielens import fetch_ml100k
-    from recsys.serving.walkthrough import engine_walkthrough, format_walkthrough
+    from recsys.serving.walkthrough import (
+        engine_walkthrough,
+        format_http_walkthrough,
+        format_walkthrough,
+        http_walkthrough,
+    )
 
     typer.echo(f"ML-100K: {fetch_ml100k()}")
     for protocol in ("random", "temporal"):
@@ -490,6 +495,8 @@ def demo(
         typer.echo("\n" + quality_table(report))
     walk = engine_walkthrough(temporal_split(load_ml100k()), out)
     typer.echo("\n" + format_walkthrough(walk))
+    typer.echo("\nmake bento: train, export, build; then serve it and call it over HTTP ...")
+    typer.echo("\n" + format_http_walkthrough(http_walkthrough(out / "http")))
     typer.echo(f"\nresults under {out}/")
 
 

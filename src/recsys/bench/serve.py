@@ -101,9 +101,15 @@ def summarize(result: dict[str, Any], path: str | None = None) -> dict[str, floa
     return out
 
 
-def _drive(
-    url: str, mix_file: Path, total: int, concurrency: int, rate: float | None, api_key: str | None
+def drive(
+    url: str,
+    mix_file: Path,
+    total: int,
+    concurrency: int = 1,
+    rate: float | None = None,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
+    """Run :mod:`recsys.bench.loadgen` in its own process; its per-request result."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
     command = [sys.executable, "-m", "recsys.bench.loadgen", "--url", url, "--requests-file",
@@ -180,10 +186,10 @@ def run_serve_bench(
         server = start_server(model_tag=tag, workers=workers, log_dir=out_dir / "server", env=env)
         url = server.url
     try:
-        _drive(url, mix_file, 300, 2, None, api_key)  # warm-up: caches, lazy builds
+        drive(url, mix_file, 300, 2, None, api_key)  # warm-up: caches, lazy builds
         report["closed_loop"] = {}
         for concurrency in concurrencies:
-            result = _drive(url, mix_file, requests_per_level, concurrency, None, api_key)
+            result = drive(url, mix_file, requests_per_level, concurrency, None, api_key)
             report["closed_loop"][str(concurrency)] = {
                 "all": summarize(result),
                 "recommend": summarize(result, "/recommend"),
@@ -192,7 +198,7 @@ def run_serve_bench(
         report["open_loop"] = {}
         capacity = 0.0
         for rate in rates:
-            result = _drive(url, mix_file, int(rate * rate_seconds), 64, rate, api_key)
+            result = drive(url, mix_file, int(rate * rate_seconds), 64, rate, api_key)
             stats = summarize(result)
             report["open_loop"][str(rate)] = stats
             if stats["errors"] == 0 and stats["p99_ms"] < BUDGET_MS:
@@ -203,7 +209,7 @@ def run_serve_bench(
         if soak_seconds > 0 and capacity > 0 and server is not None:
             before = _rss_mb(server.process.pid)
             rate = capacity / 2
-            result = _drive(url, mix_file, int(rate * soak_seconds), 64, rate, api_key)
+            result = drive(url, mix_file, int(rate * soak_seconds), 64, rate, api_key)
             report["soak"] = {
                 "rate": rate,
                 "seconds": soak_seconds,

@@ -139,7 +139,8 @@ def build_bento(
     service = service_dir()
     _stage_environment(root, service)
     env_tag = str(saved.tag)
-    bento = _bentoml(["build", str(service), "--output", "tag"], {"RECSYS_MODEL_TAG": env_tag})
+    # from the service folder: bentoml refuses build files outside its working directory
+    bento = _bentoml(["build", ".", "--output", "tag"], {"RECSYS_MODEL_TAG": env_tag}, service)
     bento_tag = bento.strip().splitlines()[-1].removeprefix("__tag__:")
     out_dir = out_dir or root / "bentos" / "dist"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,13 +164,13 @@ def _stage_environment(root: Path, service: Path) -> None:
         raise RecsysError(f"building the recsys wheel failed:\n{result.stderr[-2000:]}")
 
 
-def _bentoml(args: list[str], env: dict[str, str]) -> str:
-    """Run the ``bentoml`` CLI of this environment; its stdout."""
+def _bentoml(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run the ``bentoml`` CLI of this environment in ``cwd``; its stdout."""
     import os
 
     command = [str(Path(sys.executable).with_name("bentoml")), *args]
     result = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **env}, check=False
+        command, capture_output=True, text=True, env={**os.environ, **env}, cwd=cwd, check=False
     )
     if result.returncode != 0:
         raise RecsysError(f"bentoml {' '.join(args)} failed:\n{result.stderr[-3000:]}")

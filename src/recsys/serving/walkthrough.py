@@ -67,3 +67,88 @@ def format_walkthrough(report: dict[str, Any]) -> str:
     for stage, q in lat["stages_ms"].items():
         lines.append(f"    {stage:<10} {q['p50']:7.3f} / {q['p99']:7.3f}")
     return "\n".join(lines)
+
+
+def http_walkthrough(
+    out_dir: Path,
+    dataset: str = "ml-latest-small",
+    model: str = "two_tower+ranker",
+    requests: int = 1000,
+) -> dict[str, Any]:
+    """``make bento``, serve the built Bento, change a user's list over HTTP, time it.
+
+    The most active test user of the served model's split posts their real next five events
+    to ``/events`` (stamped now, as a live client would) and asks ``/recommend`` again; then
+    a keep-alive client in its own process sends ``requests`` mixed requests one at a time.
+    Writes ``http.json`` to ``out_dir``.
+    """
+    import time
+
+    from recsys.bench.serve import drive, request_mix, summarize
+    from recsys.data import load_dataset, make_split
+    from recsys.serving.bento import build_bento
+    from recsys.serving.export import model_path
+    from recsys.serving.server import post, start_server
+
+    build = build_bento(dataset, model)
+    split = make_split(load_dataset(dataset), "random", seed=2020)
+    data = split.dataset
+    test = split.test.sort_values("timestamp", kind="stable")
+    user = int(test["user"].value_counts().index[0])
+    user_id = data.user_index.ids[user]
+    nxt = test[test["user"] == user].head(5)
+    titles = data.items.get("title")
+
+    def named(ids: list[str]) -> list[str]:
+        return [f"{i} {titles.loc[i]}" if titles is not None else i for i in ids]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mix = out_dir / "requests.jsonl"
+    mix.write_text("".join(json.dumps(r) + "\n" for r in request_mix(model_path(build.model_tag))))
+    with start_server(build.bento_tag, log_dir=out_dir / "server") as server:
+        _, before = post(f"{server.url}/recommend", {"user_id": user_id, "k": 10})
+        now = time.time()
+        events = [
+            {"user_id": user_id, "item_id": row.item_id, "timestamp": now + i}
+            for i, row in enumerate(nxt.itertuples())
+        ]
+        status, ingested = post(f"{server.url}/events", {"events": events})
+        _, after = post(f"{server.url}/recommend", {"user_id": user_id, "k": 10})
+        latency = summarize(drive(server.url, mix, requests, concurrency=1))
+    report = {
+        "bento": build.bento_tag,
+        "model": build.model_tag,
+        "archive": str(build.archive),
+        "user_id": user_id,
+        "before": named(before["items"]),
+        "events_status": status,
+        "ingested": ingested,
+        "posted_items": named([e["item_id"] for e in events]),
+        "after": named(after["items"]),
+        "changed_positions": sum(
+            a != b for a, b in zip(before["items"], after["items"], strict=True)
+        ),
+        "http_latency_concurrency_1": latency,
+    }
+    (out_dir / "http.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return report
+
+
+def format_http_walkthrough(report: dict[str, Any]) -> str:
+    """Human-readable summary of :func:`http_walkthrough`."""
+    lat = report["http_latency_concurrency_1"]
+    lines = [
+        f"Bento {report['bento']} (model {report['model']}) served by bentoml serve:",
+        f"  user {report['user_id']} before:",
+        *[f"    {x}" for x in report["before"][:5]],
+        f"  POST /events with their next {len(report['posted_items'])} real events "
+        f"-> {report['events_status']} (accepted {report['ingested']['accepted']}):",
+        *[f"    {x}" for x in report["posted_items"]],
+        f"  after ({report['changed_positions']} of 10 positions changed):",
+        *[f"    {x}" for x in report["after"][:5]],
+        f"  HTTP latency, {lat['requests']} requests one at a time (keep-alive client, own "
+        f"process): p50 {lat['p50_ms']:.2f} ms, p95 {lat['p95_ms']:.2f} ms, "
+        f"p99 {lat['p99_ms']:.2f} ms, errors {lat['errors']}",
+        f"  archive: {report['archive']}",
+    ]
+    return "\n".join(lines)
