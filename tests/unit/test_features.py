@@ -61,6 +61,7 @@ def test_every_feature_is_declared_once_with_entity_source_dtype_default():
         "user_last_item_times",
         "user_last_item_types",
         "user_session_id",
+        "user_session_start",
         "user_session_length",
         "user_genre_decayed",
         "user_last_event_time",

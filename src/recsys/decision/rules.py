@@ -254,6 +254,11 @@ class BusinessRules(DecisionStage):
         self._boosts = [(rule, rule.match.mask(catalog)) for rule in self.config.boosts]
         self.caps = SlateCaps(self.config.caps, catalog) if self.config.caps else None
 
+    @property
+    def excluded_mask(self) -> np.ndarray:
+        """Boolean (n_items,): items the static rules never show (ids and attribute matches)."""
+        return self._excluded.copy()
+
     def prepare(self, query: Query, items: ItemList) -> ItemList:
         """Filter and re-score the whole list (no truncation), sorted best first."""
         check_items(items, self.catalog.n_items)

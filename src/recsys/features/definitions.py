@@ -346,6 +346,12 @@ USER_FEATURES: tuple[FeatureDef, ...] = (
         lambda s, *_: s.session_id, ttl_from="session_gap_seconds",
     ),
     FeatureDef(
+        "user_session_start", "user", "online", "float64", math.nan, SESSION_GAP_SECONDS,
+        "Unix time the current session started (NaN when no live session).",
+        lambda s, *_: math.nan if s.session_start is None else s.session_start,
+        ttl_from="session_gap_seconds",
+    ),
+    FeatureDef(
         "user_session_length", "user", "online", "int64", 0, SESSION_GAP_SECONDS,
         "Events in the current session.",
         lambda s, *_: s.session_length, ttl_from="session_gap_seconds",
@@ -462,6 +468,27 @@ def item_features(
 def genre_vector(values: Mapping[str, float], genres: list[str]) -> np.ndarray:
     """A dict feature (``user_genre_affinity`` …) as a dense float32 vector over ``genres``."""
     return np.asarray([values.get(g, 0.0) for g in genres], dtype=np.float32)
+
+
+def session_start(
+    times: npt.ArrayLike | None, now: float, gap_seconds: float = SESSION_GAP_SECONDS
+) -> float | None:
+    """Start of the session live at ``now``, from a history's event times (THE session rule).
+
+    The same rule as :func:`fold_user`: a gap longer than ``gap_seconds`` ends a session.
+    ``None`` when the last event is more than a gap before ``now`` (no live session: the next
+    event starts one).
+    """
+    if times is None:
+        return None
+    stamps = np.sort(
+        np.asarray(times, dtype=np.float64)[np.isfinite(np.asarray(times, dtype=np.float64))]
+    )
+    stamps = stamps[stamps <= now]
+    if not len(stamps) or now - stamps[-1] > gap_seconds:
+        return None
+    breaks = np.flatnonzero(np.diff(stamps) > gap_seconds)
+    return float(stamps[breaks[-1] + 1] if len(breaks) else stamps[0])
 
 
 # --------------------------------------------------------------------------- request context

@@ -66,6 +66,7 @@ class UserProfile:
         recent_times: Unix time of each recent item (empty when the state predates them).
         recent_types: Event type of each recent item.
         session_id: Current session id ("" when no live session).
+        session_start: Unix time the current session started (``None`` when none).
         session_length: Events in the current session (0 when none).
         genre_counts: Decayed per-genre counts at ``as_of``.
         genre_affinity: Share of all the user's events per genre.
@@ -81,6 +82,7 @@ class UserProfile:
     recent_times: tuple[float, ...] = ()
     recent_types: tuple[str, ...] = ()
     session_id: str = ""
+    session_start: float | None = None
     session_length: int = 0
     genre_counts: Mapping[str, float] = field(default_factory=dict)
     genre_affinity: Mapping[str, float] = field(default_factory=dict)
@@ -115,6 +117,9 @@ class UserProfile:
             recent_times=tuple(values["user_last_item_times"]),
             recent_types=tuple(values["user_last_item_types"]),
             session_id=values["user_session_id"],
+            session_start=None
+            if math.isnan(values["user_session_start"])
+            else float(values["user_session_start"]),
             session_length=int(values["user_session_length"]),
             genre_counts=values["user_genre_decayed"],
             genre_affinity=values["user_genre_affinity"],

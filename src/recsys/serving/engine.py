@@ -20,12 +20,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import Field
@@ -33,7 +33,7 @@ from pydantic import Field
 from recsys.config import ComponentConfig
 from recsys.data.dataset import IdIndex
 from recsys.decision.pipeline import DecisionPipeline
-from recsys.features.definitions import derive_context, merge_history
+from recsys.features.definitions import derive_context, merge_history, session_start
 from recsys.types import IntArray, ItemList, Query, TimeArray
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Profile:
         history_types: Event type of each history event (``None`` when unknown).
         context: Stored user context (the user table's attributes), under the request's.
         session_id: The user's current session (online store), if any.
+        session_start: When that session started (Unix seconds), if known.
         degraded: Why the profile is incomplete (e.g. ``"online store unavailable"``), or None.
     """
 
@@ -94,6 +95,7 @@ class Profile:
     history_types: tuple[str, ...] | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     session_id: str | None = None
+    session_start: float | None = None
     degraded: str | None = None
 
 
@@ -128,6 +130,20 @@ class EngineConfig(ComponentConfig):
     )
     decision_reserve_ms: float = Field(
         5.0, ge=0.0, description="Budget kept for the decision stage after a deadline."
+    )
+    mode: Literal["realtime", "session"] = Field(
+        "realtime",
+        description="Timing architecture. realtime: every event reaches the next request's "
+        "retrieval and ranking. session: they run once per session, on the profile as it "
+        "was when the session started, and later requests of the session reuse that list "
+        "(only the decision stage runs, with the fresh history for exclusions). Batch is a "
+        "retriever of precomputed lists (recsys.serving.modes.PrecomputedLists).",
+    )
+    session_gap_seconds: float = Field(
+        1800.0, gt=0.0, description="Inactivity that starts a new session (session mode)."
+    )
+    session_cache_size: int = Field(
+        100_000, ge=1, description="Sessions whose frozen lists a worker keeps (LRU)."
     )
     exclude_history: bool = Field(
         True,
@@ -299,6 +315,8 @@ class Engine:
         self._failures_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._sessions: OrderedDict[tuple[str, float], ItemList] = OrderedDict()
+        self._sessions_lock = threading.Lock()
         if self.config.num_threads is not None:
             _set_torch_threads(self.config.num_threads)
 
@@ -342,16 +360,14 @@ class Engine:
         if request.personalise:
             if self.config.enforce_budget:
                 future = self._stage_pool().submit(
-                    self._retrieve_and_rank, request.query, request.start, request.progress
+                    self._ranked_for, request.query, request.start, request.progress
                 )
                 try:
                     request.result = future.result(timeout=request.time_left())
                 except FuturesTimeout:
                     request.result = self._abandoned(request.progress)
             else:
-                request.result = self._retrieve_and_rank(
-                    request.query, request.start, request.progress
-                )
+                request.result = self._ranked_for(request.query, request.start, request.progress)
         return self._finish(request)
 
     async def recommend_async(
@@ -373,7 +389,7 @@ class Engine:
         request = self._begin(user_id, k, context, history, consent, exclude, now)
         if request.personalise:
             future = self._stage_pool().submit(
-                self._retrieve_and_rank, request.query, request.start, request.progress
+                self._ranked_for, request.query, request.start, request.progress
             )
             try:
                 request.result = await asyncio.wait_for(
@@ -511,6 +527,17 @@ class Engine:
             timings["profile"] = _ms(stage_start)
         return query
 
+    def rank(self, query: Query) -> ItemList | None:
+        """Retrieval then ranking for a query, no decision stage (batch jobs build on it).
+
+        ``None`` when the query cannot be personalised (no consent, no history) or
+        retrieval failed.
+        """
+        if self._unpersonalised_reason(query) is not None:
+            return None
+        ranked, _ = self._retrieve_and_rank(query, time.perf_counter(), _Progress())
+        return ranked
+
     def failure_counts(self) -> dict[str, int]:
         """Failures per ``stage:ExceptionType`` since the engine was built."""
         with self._failures_lock:
@@ -555,6 +582,39 @@ class Engine:
             served.fallback = f"only {len(served.slate) - served.filled} personalised items"
         timings["decision"] = _ms(stage_start)
         return served
+
+    def _ranked_for(
+        self, query: Query, start: float, progress: _Progress
+    ) -> tuple[ItemList | None, str | None]:
+        """Retrieval and ranking for a request: every time (realtime), once per session."""
+        if self.config.mode == "realtime" or query.timestamp is None:
+            return self._retrieve_and_rank(query, start, progress)
+        began = session_start(query.history_times, query.timestamp, self.config.session_gap_seconds)
+        key = (query.user_id or "", -1.0 if began is None else began)
+        with self._sessions_lock:
+            cached = self._sessions.get(key) if query.user_id is not None else None
+            if cached is not None:
+                self._sessions.move_to_end(key)
+        if cached is not None:
+            return cached, None
+        frozen = query
+        if began is not None and query.history_times is not None:
+            before = query.history_times < began
+            frozen = replace(
+                query,
+                history=query.history[before],
+                history_times=query.history_times[before],
+                history_types=None
+                if query.history_types is None
+                else tuple(t for t, b in zip(query.history_types, before, strict=True) if b),
+            )
+        ranked, reason = self._retrieve_and_rank(frozen, start, progress)
+        if ranked is not None and reason is None and query.user_id is not None:
+            with self._sessions_lock:
+                self._sessions[key] = ranked
+                while len(self._sessions) > self.config.session_cache_size:
+                    self._sessions.popitem(last=False)
+        return ranked, reason
 
     def _retrieve_and_rank(
         self, query: Query, start: float, progress: _Progress

@@ -67,6 +67,7 @@ def store_profiles(
             history_types=history_types,
             context=context,
             session_id=profile.session_id or None,
+            session_start=profile.session_start,
             degraded=profile.reason if profile.degraded else None,
         )
 
