@@ -364,6 +364,62 @@ def bench_serve(
     typer.echo(f"\nwrote {out / 'serve.json'} and {out / 'serve.md'}")
 
 
+@bench_app.command("timing")
+def bench_timing(
+    dataset: Annotated[str, typer.Option(help="Any dataset name (built-in or registered).")] = (
+        "ml-100k"
+    ),
+    model: Annotated[str, typer.Option(help="Registered model every mode serves.")] = "ease",
+    test_fraction: Annotated[float, typer.Option(help="Share of events after the cut.")] = 0.1,
+    max_events: Annotated[int | None, typer.Option(help="Replay only N events.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Good enough: within this of the best.")] = 0.05,
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+) -> None:
+    """Batch vs session vs real-time vs edge on one replay: quality, cost, a verdict."""
+    from recsys.bench.timing import run_timing, timing_table
+
+    out = out or DEFAULT_BENCH_DIR / "timing" / dataset
+    try:
+        report = run_timing(
+            dataset, out, model=model, test_fraction=test_fraction, max_events=max_events,
+            tolerance=tolerance,
+        )  # fmt: skip
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(timing_table(report))
+    typer.echo(f"\nwrote {out / 'timing.json'}, {out / 'timing.md'} and the plots")
+
+
+@app.command("recommend")
+def recommend_batch(
+    out: Annotated[Path, typer.Option(help="Parquet file of the lists.")],
+    dataset: Annotated[str, typer.Option(help="Any dataset name.")] = "ml-100k",
+    model: Annotated[str, typer.Option(help="Registered model.")] = "ease",
+    n: Annotated[int, typer.Option(help="List length per user.")] = 100,
+) -> None:
+    """The batch job: train on all events, precompute every known user's top-N (Parquet)."""
+    from recsys.bench.registry import load_registry, training_order
+    from recsys.data import load_dataset
+    from recsys.data.splits import Split
+    from recsys.serving.build import build_engine
+    from recsys.serving.modes import precompute
+
+    try:
+        data = load_dataset(dataset)
+        frame = data.interactions
+        split = Split(data, frame, frame.iloc[0:0], frame.iloc[0:0], protocol="all")
+        registry = load_registry()
+        trained: dict[str, object] = {}
+        for name in training_order([model], registry):
+            trained[name] = registry[name].create(dataset, registry, trained).fit(split)
+        engine = build_engine(split, retriever=trained[model])  # type: ignore[arg-type]
+        lists, cpu = precompute(engine, list(data.user_index.ids), n=n)
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    lists.write(out, data.item_index)
+    typer.echo(f"{len(lists.lists)} users, {n} items each, {cpu:.1f} CPU-s -> {out}")
+
+
 def _train_split(dataset: str, protocol: str, seed: int):
     from recsys.data import load_dataset, make_split
 
@@ -439,10 +495,28 @@ def export(
     ] = "two_tower+ranker",
     protocol: Annotated[str, typer.Option(help="random | temporal")] = "random",
     seed: Annotated[int, typer.Option(help="Split seed.")] = 2020,
+    edge: Annotated[
+        Path | None, typer.Option(help="Write a self-contained edge bundle here instead.")
+    ] = None,
 ) -> None:
-    """Train a registered model and export its Engine to BentoML's model store."""
+    """Train a registered model and export its Engine to BentoML's model store.
+
+    With ``--edge DIR``: write the numpy-only edge bundle of the dataset's training events.
+    """
     from recsys.serving.bento import train_and_export
 
+    if edge is not None:
+        from recsys.data import load_dataset, make_split
+        from recsys.edge import EdgeBundle
+        from recsys.serving.modes import build_edge_bundle
+
+        try:
+            split = make_split(load_dataset(dataset), protocol, seed=seed)
+        except (RecsysError, ValueError) as exc:
+            _fail(exc)
+        build_edge_bundle(split, path=edge)
+        typer.echo(f"edge bundle: {edge} ({EdgeBundle.size_bytes(edge):,} bytes)")
+        return
     try:
         saved, metrics = train_and_export(dataset, model, protocol, seed)
     except RecsysError as exc:

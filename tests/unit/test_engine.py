@@ -416,3 +416,14 @@ def test_offline_histories_helper_matches_timed_histories(parts) -> None:
     plain = histories(split.train, split.dataset.n_users)
     timed = timed_histories(split.train, split.dataset.n_users)
     assert all(np.array_equal(a, b.items) for a, b in zip(plain, timed, strict=True))
+
+
+def test_build_engine_reads_the_store_it_is_given_even_when_empty(parts) -> None:
+    from recsys.features import Ingestor, InProcessStore, ItemInfoCatalog
+
+    split = parts[0]
+    store = InProcessStore(ItemInfoCatalog.from_dataset(split.dataset))  # empty: len 0
+    engine = build_engine(split, retriever=parts[1], store=store)
+    Ingestor(store).ingest([{"user_id": "newcomer", "item_id": "i3", "timestamp": 1.7e9}])
+    query = engine.query_for("newcomer", now=1.7e9 + 1)
+    assert query.history.tolist() == [split.dataset.item_index.index("i3")]

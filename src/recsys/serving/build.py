@@ -69,7 +69,8 @@ def build_engine(
             fallback=fallback,
             log=decision_log,
         )
-    store = store or InProcessStore(ItemInfoCatalog.from_dataset(data))
+    if store is None:  # an empty store is falsy (it has a length): test for None
+        store = InProcessStore(ItemInfoCatalog.from_dataset(data))
     ingestor = None
     if event_log_dir is not None:
         ingestor = Ingestor(store, EventLog(event_log_dir), consent=consent)

@@ -608,6 +608,8 @@ class Engine:
                 if query.history_types is None
                 else tuple(t for t, b in zip(query.history_types, before, strict=True) if b),
             )
+            if not len(frozen.history):  # nothing known before this session: cold start
+                return None, "cold start: no history before this session"
         ranked, reason = self._retrieve_and_rank(frozen, start, progress)
         if ranked is not None and reason is None and query.user_id is not None:
             with self._sessions_lock:
