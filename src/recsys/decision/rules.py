@@ -269,7 +269,10 @@ class BusinessRules(DecisionStage):
         if self.config.exclude_consumed and query.consent:
             drop = np.concatenate([drop, query.history])
         if drop.size:
-            keep &= ~np.isin(items.items, drop)
+            # a catalogue-sized mask beats np.isin's sort for long histories
+            blocked = np.zeros(self.catalog.n_items, dtype=bool)
+            blocked[drop[(drop >= 0) & (drop < self.catalog.n_items)]] = True
+            keep &= ~blocked[items.items]
         kept = take(items, np.flatnonzero(keep))
         if not self._boosts or not len(kept):
             return kept

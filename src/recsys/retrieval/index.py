@@ -105,12 +105,21 @@ class ItemIndex:
         """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         b = queries.shape[0]
-        excl = [np.unique(np.asarray(e, dtype=np.int64)) for e in exclude] if exclude else None
-        if excl is not None and len(excl) != b:
-            raise ValueError(f"exclude: {len(excl)} lists for {b} queries")
+        if exclude and len(exclude) != b:
+            raise ValueError(f"exclude: {len(exclude)} lists for {b} queries")
+        # a catalogue-sized mask per query: O(n_items + |exclude|), not a sort of the history
+        blocked: list[np.ndarray | None] = [None] * b
+        n_blocked = np.zeros(b, dtype=np.int64)
+        for q, items in enumerate(exclude or ()):
+            items = np.asarray(items, dtype=np.int64)
+            items = items[(items >= 0) & (items < self.n_items)]
+            if len(items):
+                mask = np.zeros(self.n_items, dtype=bool)
+                mask[items] = True
+                blocked[q], n_blocked[q] = mask, int(mask.sum())
         out: list[ItemList | None] = [None] * b
         pending = np.arange(b)
-        fetch = k + self.config.overfetch + (max((len(e) for e in excl), default=0) if excl else 0)
+        fetch = k + self.config.overfetch + int(n_blocked.max(initial=0))
         while len(pending):
             fetch = min(fetch, self.n_items)
             scores, ids = self._raw_search(queries[pending], fetch)
@@ -118,10 +127,11 @@ class ItemIndex:
             for row, q in enumerate(pending):
                 valid = ids[row] >= 0
                 s, i = scores[row][valid], ids[row][valid]
-                if excl is not None and len(excl[q]):
-                    keep = ~np.isin(i, excl[q])
+                mask = blocked[q]
+                if mask is not None:
+                    keep = ~mask[i]
                     s, i = s[keep], i[keep]
-                allowed = self.n_items - (len(excl[q]) if excl is not None else 0)
+                allowed = self.n_items - n_blocked[q]
                 if len(i) >= k or fetch >= self.n_items or len(i) >= allowed:
                     out[q] = ItemList(i[:k], s[:k])
                 else:
