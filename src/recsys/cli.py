@@ -396,6 +396,9 @@ def recommend_batch(
     dataset: Annotated[str, typer.Option(help="Any dataset name.")] = "ml-100k",
     model: Annotated[str, typer.Option(help="Registered model.")] = "ease",
     n: Annotated[int, typer.Option(help="List length per user.")] = 100,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Also load the lists into this Redis (online store).")
+    ] = None,
 ) -> None:
     """The batch job: train on all events, precompute every known user's top-N (Parquet)."""
     from recsys.bench.registry import load_registry, training_order
@@ -418,6 +421,11 @@ def recommend_batch(
         _fail(exc)
     lists.write(out, data.item_index)
     typer.echo(f"{len(lists.lists)} users, {n} items each, {cpu:.1f} CPU-s -> {out}")
+    if redis_url:
+        from recsys.serving.modes import RedisPrecomputedLists
+
+        written = RedisPrecomputedLists.load(lists, redis_url, data.item_index)
+        typer.echo(f"{written} lists loaded into {redis_url}")
 
 
 def _train_split(dataset: str, protocol: str, seed: int):

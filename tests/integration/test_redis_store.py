@@ -183,3 +183,28 @@ def test_consent_is_shared_through_redis_and_never_guessed(server, data, tmp_pat
     with pytest.raises(ConsentUnavailableError):
         refused.ingest([{"user_id": "u2", "item_id": "i1", "timestamp": 1.0}])
     assert len(refused.log) == 0  # nothing written for events whose consent is unknown
+
+
+def test_batch_lists_load_into_redis_and_serve_from_there(server):
+    from recsys.retrieval import EASE
+    from recsys.serving import build_engine
+    from recsys.serving.modes import RedisPrecomputedLists, precompute
+    from recsys.testing import tiny_split
+
+    split = tiny_split()
+    engine = build_engine(split, retriever=EASE(l2=10.0).fit(split), decisions=False)
+    users = list(split.dataset.user_index.ids[:10])
+    lists, _ = precompute(engine, users, n=20)
+    assert RedisPrecomputedLists.load(lists, server.url, split.dataset.item_index) == len(
+        lists.lists
+    )
+    served = build_engine(
+        split,
+        retriever=RedisPrecomputedLists(server.url, split.dataset.item_index),
+        decisions=False,
+    )
+    for user in users[:3]:
+        expected = engine.rank(engine.query_for(user)).items[:5]
+        assert served.recommend(user_id=user, k=5).items == split.dataset.item_index.to_ids(
+            expected
+        )

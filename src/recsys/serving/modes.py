@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,57 @@ class PrecomputedLists:
                 group["score"].to_numpy(np.float32)[known],
             )
         return cls(lists, as_of)
+
+
+class RedisPrecomputedLists:
+    """Batch lists kept in the online store's Redis (``<prefix>recs:<user_id>``, JSON).
+
+    The serving side of ``recsys recommend --redis-url``: every worker reads the nightly lists
+    from the shared store, one GET per request; unknown users get an empty list (the engine
+    then serves the fallback).
+
+    Args:
+        url: ``redis://host:port/db``.
+        items: The served catalogue (lists hold external ids).
+        prefix: Key prefix shared with the writer.
+    """
+
+    def __init__(self, url: str, items: IdIndex, prefix: str = "recsys:") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=0.25)
+        self.items = items
+        self.prefix = prefix
+
+    def __call__(self, query: Query, n: int, exclude_seen: bool = True) -> ItemList:
+        """The user's stored list minus the history and exclusions."""
+        raw = self.client.get(f"{self.prefix}recs:{query.user_id}") if query.user_id else None
+        if raw is None:
+            return ItemList.empty()
+        stored = json.loads(raw)
+        found = PrecomputedLists(
+            {"u": ItemList(self.items.indices(stored["items"]), np.asarray(stored["scores"]))}
+        )
+        return found(
+            Query(user_id="u", history=query.history, exclude=query.exclude), n, exclude_seen
+        )
+
+    @staticmethod
+    def load(lists: PrecomputedLists, url: str, items: IdIndex, prefix: str = "recsys:") -> int:
+        """Write every list to Redis (one pipelined round trip); how many were written."""
+        import redis
+
+        client = redis.Redis.from_url(url)
+        pipe = client.pipeline(transaction=False)
+        for user_id, lst in lists.lists.items():
+            body = {
+                "items": items.to_ids(lst.items),
+                "scores": lst.scores.tolist(),
+                "as_of": lists.as_of,
+            }
+            pipe.set(f"{prefix}recs:{user_id}", json.dumps(body))
+        pipe.execute()
+        return len(lists.lists)
 
 
 def precompute(
