@@ -15,7 +15,7 @@ on slates joined to later events), ``latency`` (per-stage p99 creep).
 """
 
 from recsys.monitoring.checks import CheckResult
-from recsys.monitoring.embeddings import TwoTowerEmbedder, UserEmbedder
+from recsys.monitoring.embeddings import TwoTowerEmbedder, UserEmbedder, fit_two_tower_embedder
 from recsys.monitoring.inputs import (
     DriftInput,
     Window,
@@ -65,6 +65,7 @@ __all__ = [
     "UserEmbedder",
     "Window",
     "decisions_frame",
+    "fit_two_tower_embedder",
     "from_frames",
     "load_config",
     "load_files",

@@ -93,3 +93,45 @@ class TwoTowerEmbedder:
             index=pd.Index(ids, name="user_id"),
             columns=[f"e{d}" for d in range(matrix.shape[1])],
         )
+
+
+def fit_two_tower_embedder(
+    events: pd.DataFrame,
+    *,
+    epochs: int = 3,
+    seed: int = 0,
+    max_users: int | None = None,
+    **overrides: Any,
+) -> TwoTowerEmbedder:
+    """Train a small two-tower on a window's events (random split) and wrap its user tower.
+
+    For demos and benchmarks where no trained retriever exists; a deployment passes the
+    retriever it serves (``recsys drift --retriever DIR``).
+
+    Args:
+        events: Events in the schema layout (the reference window).
+        epochs: Training epochs.
+        seed: Split, training and sampling seed.
+        max_users: Users embedded per window (seeded sample).
+        **overrides: Further :class:`~recsys.retrieval.two_tower.TwoTowerConfig` fields.
+    """
+    from recsys.data import Dataset, random_split
+    from recsys.retrieval.two_tower import TwoTowerConfig, TwoTowerRetriever
+
+    frame = events.astype(
+        {c: object for c in events.columns if isinstance(events[c].dtype, pd.CategoricalDtype)}
+    )
+    data = Dataset(name="drift-reference", interactions=frame, items=pd.DataFrame())
+    settings: dict[str, Any] = {
+        "embedding_size": 16,
+        "table_dim": 16,
+        "hidden_size": 32,
+        "batch_size": 256,
+        "epochs": epochs,
+        "patience": epochs,
+        "progress": False,
+        "seed": seed,
+        **overrides,
+    }
+    model = TwoTowerRetriever(TwoTowerConfig(**settings)).fit(random_split(data, seed=seed))
+    return TwoTowerEmbedder(model, max_users=max_users, seed=seed)

@@ -480,8 +480,13 @@ def decisions_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     """
     if frame.empty and not len(frame.columns):
         return _empty_decisions()
-    if "user_id" not in frame.columns and "user" in frame.columns:
-        frame = frame.rename(columns={"user": "user_id"})
+    if "user" in frame.columns:  # the in-process DecisionRecord names it ``user``
+        if "user_id" in frame.columns:
+            frame = frame.assign(
+                user_id=frame["user_id"].where(frame["user_id"].notna(), frame["user"])
+            )
+        else:
+            frame = frame.rename(columns={"user": "user_id"})
     missing = [c for c in DECISION_REQUIRED if c not in frame.columns]
     if missing:
         raise DataError(
@@ -505,16 +510,23 @@ def decisions_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         out["decision_id"] = [f"d{i}" for i in range(len(frame))]
     out["decision_id"] = out["decision_id"].astype(str)
     if "user_id" in out:
-        out["user_id"] = [None if _missing(u) else str(u) for u in out["user_id"]]
+        out["user_id"] = [None if _missing(u) else _id_str(u) for u in out["user_id"]]
     for column in _DECISION_LISTS:
         if column in frame.columns:
             out[column] = [_as_list(v, column, source, i) for i, v in enumerate(frame[column])]
-    out["items"] = [[str(i) for i in items] for items in out["items"]]
+    out["items"] = [[_id_str(i) for i in items] for items in out["items"]]
     for name, values in _nested(frame, "timings_ms", source).items():
         out[LATENCY_PREFIX + name] = pd.to_numeric(values, errors="coerce").astype(np.float64)
     for name, values in _nested(frame, "context", source).items():
         out[CONTEXT_PREFIX + name] = values
     return _compact(out)
+
+
+def _id_str(value: Any) -> str:
+    """An id as text; ``7.0`` (an integer id in a column with gaps) is ``"7"``."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _missing(value: Any) -> bool:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from recsys.errors import DataError
 from recsys.monitoring.checks import (
+    DISTANCE_METHODS,
     CheckResult,
     embedding_check,
     latency_check,
@@ -114,6 +115,36 @@ class DriftResult:
         if self.out_dir is not None:
             parts.append(f"report {self.out_dir}")
         return " | ".join(parts)
+
+    def columns_frame(self) -> pd.DataFrame:
+        """One row per compared column of the table checks.
+
+        Columns: check, column, type, method, score, threshold, drifted and ``ratio``
+        (score / threshold for distances, threshold / p for p-values: above 1 is drift).
+        """
+        rows = []
+        for name, check in self.checks.items():
+            for column, v in check.details.get("columns", {}).items():
+                if v["method"] in DISTANCE_METHODS:
+                    ratio = v["score"] / v["threshold"]
+                else:
+                    ratio = v["threshold"] / max(v["score"], 1e-300)
+                rows.append({"check": name, "column": column, **v, "ratio": ratio})
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "check", "column", "type", "method", "score", "threshold", "drifted", "ratio",
+            ],
+        )  # fmt: skip
+
+    def latency_frame(self) -> pd.DataFrame:
+        """One row per stage and window with its latency percentiles (ms)."""
+        check = self.checks.get("latency")
+        rows = []
+        for stage, entry in (check.details.get("stages", {}) if check else {}).items():
+            for side in ("reference", "current"):
+                rows.append({"stage": stage, "window": side, **entry[side]})
+        return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the content of ``drift.json``)."""

@@ -28,6 +28,7 @@ Everything is vectorised (a million events in seconds) and deterministic under t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -145,30 +146,39 @@ class SyntheticWorld:
 
     # ------------------------------------------------------------------ windows
     def window(
-        self, index: int = 0, seed: int = 0, injection: Injection | None = None
+        self,
+        index: int = 0,
+        seed: int = 0,
+        injection: Injection | Sequence[Injection] | None = None,
     ) -> SyntheticLog:
         """Draw window ``index`` (``[start + index·span, start + (index+1)·span)``).
 
         Args:
             index: Which window (0 = the reference in :func:`synthetic_pair`).
             seed: Seed of this window's draws.
-            injection: Drift applied to this window.
+            injection: Drift(s) applied to this window (at most one per kind).
         """
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, 1, index, seed])
         span = cfg.span_days * 86400.0
         start = cfg.start + index * span
-        kind = None if injection is None else injection.kind
-        strength = 0.0 if injection is None else injection.strength
-        background = self._events(rng, cfg.n_events, start, span, kind, strength)
-        decisions, clicks = self._decisions(rng, start, span, kind, strength)
+        injections = [injection] if isinstance(injection, Injection) else list(injection or [])
+        drift = {i.kind: i.strength for i in injections}
+        if len(drift) != len(injections):
+            raise ValueError("injection: at most one per kind")
+        background = self._events(rng, cfg.n_events, start, span, drift)
+        decisions, clicks = self._decisions(rng, start, span, drift)
         events = pd.concat([background, clicks], ignore_index=True)
         events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
         events = _categorical(events, ("user_id", "item_id", "event_type", "session_id"))
         return SyntheticLog(events, decisions, start, start + span)
 
-    def _share(self, rng: np.random.Generator, n: int, kind: str | None, want: str, s: float):
-        if kind != want or s <= 0:
+    def _share(
+        self, rng: np.random.Generator, n: int, drift: Mapping[str, float], kind: str
+    ) -> np.ndarray:
+        """Rows affected by ``kind`` (a ``drift[kind]`` share of them; none if not injected)."""
+        s = drift.get(kind, 0.0)
+        if s <= 0:
             return np.zeros(n, dtype=bool)
         return rng.random(n) < min(s, 1.0)
 
@@ -178,24 +188,23 @@ class SyntheticWorld:
         n: int,
         start: float,
         span: float,
-        kind: str | None,
-        s: float,
+        drift: Mapping[str, float],
     ) -> pd.DataFrame:
         cfg = self.config
         users = rng.choice(cfg.n_users, size=n, p=self.user_weights)
         items = rng.choice(cfg.n_items, size=n, p=self.popularity)
-        moved = self._share(rng, n, kind, "popularity", s)
+        moved = self._share(rng, n, drift, "popularity")
         items[moved] = rng.choice(cfg.n_items, size=int(moved.sum()), p=self.shuffled_popularity)
-        fresh = self._share(rng, n, kind, "new_items", s)
+        fresh = self._share(rng, n, drift, "new_items")
         items[fresh] = cfg.n_items + rng.choice(
             cfg.n_new_items, size=int(fresh.sum()), p=self.new_popularity
         )
         rating = rng.choice(5, size=n, p=RATING_P) + 1
-        lower = self._share(rng, n, kind, "rating", s)
+        lower = self._share(rng, n, drift, "rating")
         rating[lower] = np.maximum(rating[lower] - 1, 1)
         timestamps = start + rng.random(n) * span
         device = self.user_device[users].copy()
-        device[self._share(rng, n, kind, "context", s)] = DEVICES.index("tablet")
+        device[self._share(rng, n, drift, "context")] = DEVICES.index("tablet")
         return pd.DataFrame(
             {
                 "user_id": self.user_ids[users],
@@ -234,7 +243,7 @@ class SyntheticWorld:
         return out
 
     def _decisions(
-        self, rng: np.random.Generator, start: float, span: float, kind: str | None, s: float
+        self, rng: np.random.Generator, start: float, span: float, drift: Mapping[str, float]
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         cfg = self.config
         m = round(cfg.n_events * cfg.decisions_per_event)
@@ -250,7 +259,7 @@ class SyntheticWorld:
         source[cold] = "cold_start:context:device"
         fallback[cold] = "cold start: no history"
         failed = (draw >= 0.05) & (draw < 0.08)
-        failed |= self._share(rng, m, kind, "fallback", s) & ~cold
+        failed |= self._share(rng, m, drift, "fallback") & ~cold
         source[failed] = "fallback:global"
         fallback[failed] = "retrieval failed: timeout"
         short = (draw >= 0.08) & (draw < 0.10) & ~failed
@@ -262,26 +271,24 @@ class SyntheticWorld:
         slates = self._slates(rng, m, popular_list)
 
         ranked_scores = -np.sort(-(2.0 + 0.5 * rng.standard_normal((m, k))), axis=1)
-        if kind == "score":
-            ranked_scores -= 0.5 * s
+        ranked_scores -= 0.5 * drift.get("score", 0.0)
         pop_scores = np.log1p(self.popularity[slates] * 1e4)
         scores = np.where(popular_list[:, None], pop_scores, ranked_scores)
 
-        mmr = self.user_mmr[users] | self._share(rng, m, kind, "variant", s)
+        mmr = self.user_mmr[users] | self._share(rng, m, drift, "variant")
         variant = np.where(mmr, "mmr", "control").astype(object)
 
         timings = {
             stage: rng.lognormal(np.log(STAGE_MEDIAN_MS[stage]), 0.3, size=m) for stage in STAGES
         }
-        if kind == "slow_ranker":
-            timings["ranking"] *= 1.0 + s
+        timings["ranking"] *= 1.0 + drift.get("slow_ranker", 0.0)
         timings["ranking"][popular_list] = np.nan  # no ranker on popularity lists
         timings["retrieval"][~consent | cold] = np.nan
         total = np.nansum(np.stack(list(timings.values())), axis=0)
         total += rng.lognormal(np.log(0.1), 0.3, size=m)
 
         device = self.user_device[users].copy()
-        device[self._share(rng, m, kind, "context", s)] = DEVICES.index("tablet")
+        device[self._share(rng, m, drift, "context")] = DEVICES.index("tablet")
         referrer = rng.choice(len(REFERRERS), size=m, p=REFERRER_P)
         user_ids = np.where(consent, self.user_ids[users], None)
         decision_ids = [f"{int(t * 1000):x}{i:06x}" for i, t in enumerate(ts)]
@@ -317,7 +324,7 @@ class SyntheticWorld:
         )
 
         # outcomes: consenting users click shown items, less often further down the slate
-        rate = cfg.click_rate * (1.0 - min(s, 1.0) if kind == "quality" else 1.0)
+        rate = cfg.click_rate * (1.0 - min(drift.get("quality", 0.0), 1.0))
         click_p = rate / np.arange(1, k + 1)
         clicked = (rng.random((m, k)) < click_p) & consent[:, None]
         rows, cols = np.nonzero(clicked)
@@ -342,7 +349,7 @@ class SyntheticWorld:
 
 def synthetic_pair(
     config: SyntheticLogConfig | None = None,
-    injection: Injection | None = None,
+    injection: Injection | Sequence[Injection] | None = None,
     seed: int = 0,
 ) -> tuple[SyntheticLog, SyntheticLog]:
     """A reference window and the next window of one world, the drift injected into the latter.

@@ -51,7 +51,9 @@ class DriftConfig(ComponentConfig):
         default_factory=dict, description="Per-column method overrides (by column name)."
     )
     column_thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Per-column threshold overrides (by column name)."
+        default_factory=lambda: {"variant": 0.05},
+        description="Per-column threshold overrides (by column name). The variant mix is the "
+        "experiment's design, so a smaller move of it (a sample-ratio mismatch) is flagged.",
     )
     min_drifted_columns: int = Field(
         1, ge=1, le=1000, description="A table drifts when at least this many columns move."
