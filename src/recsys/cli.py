@@ -303,6 +303,7 @@ def drift(
 def bench_drift(
     out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "drift",
     seeds: Annotated[int, typer.Option(help="Seeds per drift kind and strength.")] = 20,
+    false_alarm_seeds: Annotated[int, typer.Option(help="No-drift pairs.")] = 50,
     events: Annotated[int, typer.Option(help="Background events per synthetic window.")] = 20_000,
     real: Annotated[bool, typer.Option(help="Also the real shifts (ML-100K, ml-latest-small).")] = (
         True
@@ -316,7 +317,14 @@ def bench_drift(
     from recsys.monitoring.validation import drift_table, run_drift_bench
 
     try:
-        report = run_drift_bench(out, seeds=seeds, n_events=events, real=real, scales=scale or [])
+        report = run_drift_bench(
+            out,
+            seeds=seeds,
+            n_events=events,
+            real=real,
+            scales=scale or [],
+            false_alarm_seeds=false_alarm_seeds,
+        )
     except (RecsysError, ValueError) as exc:
         _fail(exc)
     typer.echo(drift_table(report))

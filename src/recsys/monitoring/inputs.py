@@ -45,7 +45,8 @@ from recsys.features.events import SEGMENT_PATTERN, EventLog, TornRecordWarning
 DECISION_REQUIRED: tuple[str, ...] = ("timestamp", "items")
 LATENCY_PREFIX = "latency_"
 CONTEXT_PREFIX = "ctx_"
-_CHUNK_ROWS = 100_000
+_CHUNK_ROWS = 20_000  # JSON records per chunk: decoded dicts are ~10x their columns
+_TABLE_CHUNK_ROWS = 200_000
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _RELATIVE = re.compile(r"^now(?:-(\d+(?:\.\d+)?)([smhdw]))?$")
 _LAST = re.compile(r"^last-(\d+(?:\.\d+)?)([smhdw])$")
@@ -285,27 +286,79 @@ def _load_path(path: Path) -> tuple[str, pd.DataFrame]:
             f"{path}: records have neither 'item_id' (events) nor 'items' (decisions); "
             f"found keys {sorted(first)}"
         )
-    frame = _read_table(path)
-    if "items" in frame.columns:
-        return "decisions", decisions_frame(frame, str(path))
-    if "item_id" in frame.columns:
-        return "events", _validate_events(frame, str(path))
+    columns = _table_columns(path)
+    if "items" in columns:
+        return "decisions", decisions_frame(_read_table(path), str(path))
+    if "item_id" in columns:
+        chunks, offset = [], 0
+        for chunk in _table_chunks(path):
+            try:
+                chunks.append(_validate_events(chunk, str(path)))
+            except DataError as exc:
+                if offset == 0:
+                    raise
+                raise DataError(f"{exc} (row numbers counted from row {offset})") from exc
+            offset += len(chunk)
+        frame = concat_categorical(chunks)
+        return "events", frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
     raise DataError(
         f"{path}: missing the columns of events {list(REQUIRED_COLUMNS)} or of decisions "
-        f"{list(DECISION_REQUIRED)}; found columns {list(frame.columns)}"
+        f"{list(DECISION_REQUIRED)}; found columns {columns}"
     )
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    name = path.name.lower()
+def _is_parquet(path: Path) -> bool:
+    return path.name.lower().endswith((".parquet", ".pq"))
+
+
+def _csv_sep(path: Path) -> str:
+    return "\t" if ".tsv" in path.name.lower() else ","
+
+
+def _check_table_type(path: Path) -> None:
+    if not _is_parquet(path) and not path.name.lower().endswith(
+        (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+    ):
+        raise DataError(f"{path}: unknown file type; use .parquet, .csv, .tsv or .jsonl")
+
+
+def _table_columns(path: Path) -> list[str]:
+    _check_table_type(path)
     try:
-        if name.endswith(".parquet") or name.endswith(".pq"):
-            return pd.read_parquet(path)
-        if name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
-            return pd.read_csv(path, sep="\t" if ".tsv" in name else ",")
+        if _is_parquet(path):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        return list(pd.read_csv(path, sep=_csv_sep(path), nrows=0).columns)
     except Exception as exc:
         raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
-    raise DataError(f"{path}: unknown file type; use .parquet, .csv, .tsv or .jsonl")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    return concat_categorical(list(_table_chunks(path)))
+
+
+def _table_chunks(path: Path) -> Iterator[pd.DataFrame]:
+    """The table in chunks of rows, strings read as categoricals where the reader can.
+
+    A million events as Python strings take ~0.5 GB per copy; chunks keep the peak near the
+    compact result.
+    """
+    _check_table_type(path)
+    try:
+        if _is_parquet(path):
+            import pyarrow.parquet as pq
+
+            table = pq.ParquetFile(path)
+            for batch in table.iter_batches(batch_size=_TABLE_CHUNK_ROWS):
+                yield batch.to_pandas(strings_to_categorical=True)
+            return
+        reader = pd.read_csv(path, sep=_csv_sep(path), chunksize=_TABLE_CHUNK_ROWS)
+        yield from reader
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
 
 
 def _first_record(path: Path) -> dict[str, Any]:
@@ -396,29 +449,38 @@ def _event_chunk(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one JSON-lines file; a torn last line (crash mid-write) is skipped."""
+    """Records of one JSON-lines file, streamed.
+
+    A torn last record (a crash mid-write) is skipped with a warning; garbage before it is an
+    error naming the line.
+    """
+    held: tuple[int, bytes] | None = None  # the last non-blank line is judged at the end
     with path.open("rb") as handle:
-        lines = handle.read().split(b"\n")
-    last = len(lines) - 1
-    while last >= 0 and not lines[last].strip():
-        last -= 1
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if held is not None:
+                yield _parse_line(path, *held)
+            held = (number, line)
+    if held is not None:
         try:
-            record = json.loads(line)
-        except ValueError as exc:
-            if number == last:
-                warnings.warn(
-                    f"{path}: line {number + 1} is a torn record; skipped",
-                    TornRecordWarning,
-                    stacklevel=2,
-                )
-                return
-            raise DataError(f"{path}: line {number + 1} is not JSON ({exc})") from exc
-        if not isinstance(record, dict):
-            raise DataError(f"{path}: line {number + 1} is not a JSON object")
-        yield record
+            yield _parse_line(path, *held)
+        except DataError:
+            warnings.warn(
+                f"{path}: line {held[0]} is a torn record; skipped",
+                TornRecordWarning,
+                stacklevel=2,
+            )
+
+
+def _parse_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise DataError(f"{path}: line {number} is not JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: line {number} is not a JSON object")
+    return record
 
 
 # --------------------------------------------------------------------------- decisions
@@ -566,7 +628,10 @@ def _nested(frame: pd.DataFrame, key: str, source: str) -> dict[str, list[Any]]:
             if not isinstance(value, Mapping):
                 raise DataError(f"{source}: column '{key}' row {row} must be a mapping")
             for name, val in value.items():
-                columns.setdefault(str(name), [None] * n)[row] = val
+                column = columns.get(str(name))
+                if column is None:  # not setdefault: its default list would be built per row
+                    column = columns[str(name)] = [None] * n
+                column[row] = val
     prefix = key + "."
     for column in frame.columns:
         if isinstance(column, str) and column.startswith(prefix):
