@@ -394,6 +394,7 @@ def test_quality_drop_is_flagged_on_ndcg_or_recall() -> None:
     )
 
 
+@pytest.mark.slow
 def test_false_alarms_small_seed_version() -> None:
     study = false_alarm_study(3, SMALL, DriftConfig())
     assert study["false_alarm_rate"] == 0.0, study["flagged_seeds"]

@@ -1,10 +1,9 @@
 """The Evidently 0.7 reports of a drift run, one per check, and what each one concluded.
 
-* ``data`` / ``context`` / ``prediction``: :class:`~evidently.metrics.ValueDrift` per column
-  (the per-column methods and thresholds of :class:`DriftConfig`) and
-  :class:`~evidently.metrics.DriftedColumnsCount` — the metrics ``DataDriftPreset`` generates,
-  listed explicitly so that every column gets the method suited to its type and the report
-  carries a pass/fail test per column. A column *moved* when its Evidently test failed.
+* ``data`` / ``context`` / ``prediction``: ``DataDriftPreset`` over the table's columns with
+  a method and threshold per column (:class:`DriftConfig`: normed Wasserstein for numbers,
+  Jensen–Shannon for categories by default). It generates one ``ValueDrift`` per column, each
+  with a pass/fail test, and ``DriftedColumnsCount``; a column *moved* when its test failed.
 * ``latency``: :class:`~evidently.metrics.QuantileValue` per stage and percentile, with the
   p99 limit of :mod:`recsys.monitoring.latency` as the test.
 * ``embedding``: :class:`~evidently.metrics.EmbeddingsDrift` on user vectors.
@@ -150,8 +149,7 @@ def table_check(
 ) -> CheckResult:
     """Column drift of one :class:`~recsys.monitoring.frames.Table` with Evidently."""
     from evidently import DataDefinition
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
-    from evidently.tests import lt
+    from evidently.presets import DataDriftPreset
 
     start = time.perf_counter()
     base = {
@@ -165,14 +163,16 @@ def table_check(
         return result
     methods = {c: config.method_for(c, c in table.numeric) for c in table.columns}
     thresholds = {c: config.threshold_for(c, c in table.numeric) for c in table.columns}
+    # the preset's DriftedColumnsCount test fails when share >= drift_share: with
+    # drift_share = k / n it fails exactly when k columns moved, our verdict
+    share = config.min_drifted_columns / len(table.columns)
     metrics: list[Any] = [
-        DriftedColumnsCount(
+        DataDriftPreset(
             columns=table.columns,
             per_column_method=methods,
             per_column_threshold=thresholds,
-            tests=[lt(config.min_drifted_columns)],
-        ),
-        *[ValueDrift(column=c, method=methods[c], threshold=thresholds[c]) for c in table.columns],
+            drift_share=min(1.0, share),
+        )
     ]
     definition = DataDefinition(
         numerical_columns=table.numeric, categorical_columns=table.categorical

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -453,9 +454,15 @@ def scale_run(
             args += ["--retriever", str(folder / "two_tower")]
             del embedder
         del reference_events
+        # wall time depends on what else the machine runs: record the load and the child's
+        # CPU seconds too
+        load_before = os.getloadavg()[0]
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run(args, capture_output=True, text=True, env=os.environ.copy())
         wall = time.perf_counter() - started
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime"))
         if proc.returncode == 2:
             raise RuntimeError(f"scale run failed: {proc.stderr[-2000:]}")
         report = json.loads(next((folder / "out").glob("*/drift.json")).read_text())
@@ -476,6 +483,8 @@ def scale_run(
             "exit_code": proc.returncode,
             "summary": proc.stdout.strip(),
             "process_wall_seconds": wall,
+            "process_cpu_seconds": cpu,
+            "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
             "run_seconds": report["seconds"],
             "peak_rss_mb": report["peak_rss_mb"],
             "check_seconds": {n: c["seconds"] for n, c in report["checks"].items()},
@@ -575,14 +584,15 @@ def drift_table(report: dict[str, Any]) -> str:
     if scale:
         lines += ["", "## Scale (one `recsys drift` process, every check)", ""]
         lines += [
-            "| input | events/window | decisions/window | process wall s | run_drift s "
-            "| peak RSS MB |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| input | events/window | decisions/window | process wall s | process CPU s "
+            "| run_drift s | peak RSS MB | load avg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in scale:
             lines.append(
                 f"| {row['route']} | {row['events_per_window']['current']:,} | "
                 f"{row['decisions_per_window']['current']:,} | {row['process_wall_seconds']:.1f} "
-                f"| {row['run_seconds']:.1f} | {row['peak_rss_mb']:.0f} |"
+                f"| {row['process_cpu_seconds']:.1f} | {row['run_seconds']:.1f} "
+                f"| {row['peak_rss_mb']:.0f} | {row['load_average_1min']['before']:.1f} |"
             )
     return "\n".join(lines)
