@@ -406,6 +406,8 @@ def test_sides_with_different_kinds_of_input_are_bad_input() -> None:
         run_drift(ref, DriftInput("current", "cur", cur.events, None))
     with pytest.raises(DataError, match="empty"):
         from_frames("current", events=cur.events.iloc[:0])
+    with pytest.raises(DataError, match=r"current \(cur\): no decisions"):
+        run_drift(ref, DriftInput("current", "cur", cur.events, cur.decisions.iloc[:0]))
 
 
 def test_workspace_keeps_the_history_of_every_panel(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def peak_rss_mb() -> float:
 
 
 def _both(name: str, reference: Any, current: Any, what: str, ref_src: str, cur_src: str) -> bool:
-    """Both sides have ``what`` (True), neither (False); one only is bad input."""
+    """Both sides have ``what`` (True), neither (False); one only, or an empty one, is bad input."""
     has_ref, has_cur = reference is not None, current is not None
     if has_ref != has_cur:
         side, source = ("current", cur_src) if has_ref else ("reference", ref_src)
@@ -181,6 +181,9 @@ def _both(name: str, reference: Any, current: Any, what: str, ref_src: str, cur_
             f"{side} ({source}): has no {what} while the other side has; give both sides "
             f"the same kinds of input ({name} check)"
         )
+    for side, source, frame in (("reference", ref_src, reference), ("current", cur_src, current)):
+        if frame is not None and len(frame) == 0:
+            raise DataError(f"{side} ({source}): no {what}")
     return has_ref
 
 
