@@ -582,5 +582,96 @@ def demo(
     typer.echo(f"\nresults under {out}/")
 
 
+# --------------------------------------------------------------------------- drift monitoring
+
+
+@app.command("drift")
+def drift(
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option("--reference", "-r", help="Reference events / decisions file (repeatable)."),
+    ] = None,
+    current: Annotated[
+        list[Path] | None,
+        typer.Option("--current", "-c", help="Current events / decisions file (repeatable)."),
+    ] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="Log folder holding events/ and decisions/.")
+    ] = None,
+    reference_window: Annotated[
+        str | None, typer.Option(help="e.g. 2026-01-01..2026-01-08 or now-14d..now-7d")
+    ] = None,
+    current_window: Annotated[str | None, typer.Option(help="e.g. last-7d")] = None,
+    out: Annotated[Path, typer.Option(help="Reports go to OUT/<UTC timestamp>/.")] = Path(
+        "experiments/reports/drift"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(help="Thresholds YAML (default experiments/configs/drift.yaml).")
+    ] = None,
+    retriever: Annotated[
+        Path | None, typer.Option(help="Trained two-tower folder: enables embedding drift.")
+    ] = None,
+    items: Annotated[
+        Path | None, typer.Option(help="Item attributes CSV/Parquet (item_id, ...).")
+    ] = None,
+    workspace: Annotated[
+        Path | None, typer.Option(help="Evidently workspace the snapshots are added to.")
+    ] = Path("experiments/reports/workspace"),
+    no_workspace: Annotated[bool, typer.Option(help="Do not add to a workspace.")] = False,
+    now: Annotated[
+        str | None, typer.Option(help="Pin 'now' (ISO time) for relative windows.")
+    ] = None,
+) -> None:
+    """Drift report, current against reference. Exit 0 no drift, 1 drift, 2 error."""
+    from recsys.monitoring.command import drift_main
+
+    code = drift_main(
+        reference=reference,
+        current=current,
+        log_dir=log,
+        reference_window=reference_window,
+        current_window=current_window,
+        out=out,
+        config_path=config,
+        retriever=retriever,
+        items=items,
+        workspace=None if no_workspace else workspace,
+        now=now,
+    )
+    raise typer.Exit(code=code)
+
+
+@bench_app.command("drift")
+def bench_drift(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "drift",
+    seeds: Annotated[int, typer.Option(help="Seeds per drift kind and strength.")] = 20,
+    false_alarm_seeds: Annotated[int, typer.Option(help="No-drift pairs.")] = 50,
+    events: Annotated[int, typer.Option(help="Background events per synthetic window.")] = 20_000,
+    real: Annotated[bool, typer.Option(help="Also the real shifts (ML-100K, ml-latest-small).")] = (
+        True
+    ),
+    scale: Annotated[
+        list[int] | None,
+        typer.Option("--scale", help="Also time one full run on N synthetic events (repeatable)."),
+    ] = None,
+) -> None:
+    """Detection rate per injected drift, false alarms, real shifts, wall time and memory."""
+    from recsys.monitoring.validation import drift_table, run_drift_bench
+
+    try:
+        report = run_drift_bench(
+            out,
+            seeds=seeds,
+            n_events=events,
+            real=real,
+            scales=scale or [],
+            false_alarm_seeds=false_alarm_seeds,
+        )
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(drift_table(report))
+    typer.echo(f"\nwrote {out / 'drift.json'} and {out / 'drift.md'}")
+
+
 if __name__ == "__main__":
     app()
