@@ -40,6 +40,8 @@ def _unavailable(exc: Exception) -> JSONResponse:
     name="personalisation",
     workers=int(os.environ.get("RECSYS_WORKERS", "1")),
     traffic={"timeout": 10},
+    # one log line per request costs CPU at every request; /metrics counts them instead
+    logging={"access": {"enabled": os.environ.get("RECSYS_ACCESS_LOG", "0") == "1"}},
 )
 class Personalisation:
     """Recommendations, event ingestion, erasure and consent over HTTP."""
