@@ -551,7 +551,7 @@ class Engine:
         ranked, reason = None, self._unpersonalised_reason(query)
         progress = _Progress()
         if reason is None:
-            ranked, reason = self._retrieve_and_rank(query, start, progress)
+            ranked, reason = self._ranked_for(query, start, progress)
         progress.report(timings, degraded)
         return self._decided(query, ranked, reason, k, timings, degraded)
 
