@@ -654,6 +654,10 @@ def bench_drift(
         list[int] | None,
         typer.Option("--scale", help="Also time one full run on N synthetic events (repeatable)."),
     ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these studies: false_alarms, detection, embedding, real, scale."),
+    ] = None,
 ) -> None:
     """Detection rate per injected drift, false alarms, real shifts, wall time and memory."""
     from recsys.monitoring.validation import drift_table, run_drift_bench
@@ -666,6 +670,7 @@ def bench_drift(
             real=real,
             scales=scale or [],
             false_alarm_seeds=false_alarm_seeds,
+            only=only,
         )
     except (RecsysError, ValueError) as exc:
         _fail(exc)

@@ -35,7 +35,7 @@ from recsys.monitoring import (
     synthetic_pair,
     write_log,
 )
-from recsys.monitoring.checks import embedding_check
+from recsys.monitoring.checks import embedding_check, embedding_limit
 from recsys.monitoring.frames import (
     NEW,
     OTHER,
@@ -345,6 +345,27 @@ def test_embedding_check_flags_moved_vectors_only() -> None:
     assert embedding_check(base, same, config).status == "ok"
     shifted = embedding_check(base, moved, config)
     assert shifted.status == "drift" and shifted.details["score"] > 0.55
+
+
+def test_embedding_limit_grows_for_few_users() -> None:
+    config = DriftConfig()
+    # ROC AUC of unrelated scores on 150 + 150 test users: sd = sqrt(301 / (12 * 150 * 150))
+    expected = 0.5 + 2.3263 * np.sqrt(301 / (12 * 150 * 150))
+    assert embedding_limit(config, 300, 300) == pytest.approx(expected, abs=1e-3)
+    assert embedding_limit(config, 5000, 5000) == config.embedding_threshold
+    assert embedding_limit(config.model_copy(update={"embedding_method": "mmd"}), 10, 10) == (
+        config.embedding_threshold
+    )
+
+
+def test_few_users_of_one_distribution_are_not_drift() -> None:
+    config = DriftConfig()
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        a, b = (pd.DataFrame(rng.normal(size=(120, 8))) for _ in range(2))
+        result = embedding_check(a, b, config)
+        assert result.status == "ok", (seed, result.details)
+        assert result.details["limit"] > config.embedding_threshold
 
 
 # --------------------------------------------------------------------------- the run

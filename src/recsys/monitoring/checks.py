@@ -14,6 +14,7 @@ Evidently is imported lazily (it takes seconds), inside the functions that need 
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -281,11 +282,30 @@ def latency_check(
 # --------------------------------------------------------------------------- embeddings
 
 
-def _embedding_method(config: DriftConfig) -> Any:
+def embedding_limit(config: DriftConfig, n_reference: int, n_current: int) -> float:
+    """The score above which user vectors drifted.
+
+    For the ``model`` method (a classifier telling the windows apart, scored by ROC AUC on a
+    random half of the users) this is the larger of ``embedding_threshold`` and the
+    ``embedding_null_quantile`` of the AUC without drift: the AUC of scores unrelated to the
+    labels, ~N(0.5, sd) with sd = sqrt((n1 + n2 + 1) / (12 n1 n2)) for n1, n2 test users per
+    window (Mann-Whitney). Other methods use the fixed threshold.
+    """
+    if config.embedding_method != "model":
+        return config.embedding_threshold
+    from scipy.stats import norm
+
+    n1, n2 = max(1.0, n_reference / 2.0), max(1.0, n_current / 2.0)
+    sd = math.sqrt((n1 + n2 + 1.0) / (12.0 * n1 * n2))
+    null = 0.5 + float(norm.ppf(config.embedding_null_quantile)) * sd
+    return max(config.embedding_threshold, null)
+
+
+def _embedding_method(config: DriftConfig, limit: float) -> Any:
     from evidently.legacy.metrics.data_drift import embedding_drift_methods as m
 
     if config.embedding_method == "model":
-        return m.model(threshold=config.embedding_threshold)
+        return m.model(threshold=limit)
     if config.embedding_method == "distance":
         return m.distance(threshold=config.embedding_threshold)
     if config.embedding_method == "mmd":
@@ -315,7 +335,10 @@ def embedding_check(
     columns = [str(c) for c in ref.columns]
     ref.columns = cur.columns = columns
     definition = DataDefinition(numerical_columns=columns, embeddings={"user_vectors": columns})
-    metric = EmbeddingsDrift(embeddings_name="user_vectors", drift_method=_embedding_method(config))
+    limit = embedding_limit(config, len(ref), len(cur))
+    metric = EmbeddingsDrift(
+        embeddings_name="user_vectors", drift_method=_embedding_method(config, limit)
+    )
     snapshot = _run(
         [metric],
         ref.astype(np.float64),
@@ -326,11 +349,12 @@ def embedding_check(
         metadata=metadata or {},
     )
     score = float(next(iter(snapshot.metric_results.values())).value)
-    drifted = score > config.embedding_threshold
+    drifted = score > limit
     details = {
         "method": config.embedding_method,
         "score": score,
         "threshold": config.embedding_threshold,
+        "limit": limit,
         "users": {"reference": len(reference), "current": len(current)},
         "sampled_users": {"reference": len(ref), "current": len(cur)},
         "dimensions": len(columns),
