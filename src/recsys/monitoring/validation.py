@@ -558,9 +558,11 @@ def run_drift_bench(
 
 def drift_table(report: dict[str, Any]) -> str:
     """Markdown tables of a bench report."""
-    lines = ["## Detection (rate over seeds)", ""]
-    lines += ["| kind | strength | detected | named | other checks flagged | s/run |"]
-    lines += ["|---|---:|---:|---:|---|---:|"]
+    lines: list[str] = []
+    if report.get("detection"):
+        lines += ["## Detection (rate over seeds)", ""]
+        lines += ["| kind | strength | detected | named | other checks flagged | s/run |"]
+        lines += ["|---|---:|---:|---:|---|---:|"]
     for row in report.get("detection", []):
         other = ", ".join(f"{k} {v:.2f}" for k, v in row["other_checks_flagged"].items()) or "–"
         lines.append(
