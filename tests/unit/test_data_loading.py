@@ -140,6 +140,10 @@ def test_ml_latest_small(ml_latest_small) -> None:
     assert summary["genres"] == 19  # 20 labels minus "(no genres listed)"
     tagged = ml_latest_small.items["tags"].map(len)
     assert tagged.sum() > 1000
+    # titles and years belong to their own movie (they were once all NaN: index misalignment)
+    assert ml_latest_small.items.loc["1", "title"] == "Toy Story"
+    assert ml_latest_small.items.loc["1", "year"] == 1995.0
+    assert ml_latest_small.items["year"].notna().mean() > 0.99
 
 
 def test_ml_latest_small_missing_folder_is_named(tmp_path: Path, monkeypatch) -> None:

@@ -303,10 +303,11 @@ def load_ml_latest_small(folder: Path | None = None) -> Dataset:
     ratings["event_type"] = "rating"
     movies = pd.read_csv(folder / "movies.csv", dtype={"movieId": str})
     year = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0]
+    # plain arrays: Series would be aligned on their 0..n index against the movieId index
     items = pd.DataFrame(
         {
-            "title": movies["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
-            "year": pd.to_numeric(year, errors="coerce").astype(np.float64),
+            "title": movies["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True).to_numpy(),
+            "year": pd.to_numeric(year, errors="coerce").astype(np.float64).to_numpy(),
             "genres": [split_genres(g) for g in movies["genres"]],
         },
         index=pd.Index(movies["movieId"], name="item_id"),

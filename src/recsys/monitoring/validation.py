@@ -278,22 +278,8 @@ def ml_latest_small_shift(data: Any = None) -> tuple[DriftInput, DriftInput, pd.
 
 
 def _ml_latest_small_items(data: Any) -> pd.DataFrame:
-    """Item year and genres of ml-latest-small.
-
-    ``load_ml_latest_small`` (recsys 8f18166) leaves ``year`` and ``title`` all NaN: it builds
-    them as Series on a RangeIndex inside a frame indexed by movie id, so pandas aligns them
-    away. Until that is fixed there, the year is read here from ``movies.csv``.
-    """
-    from recsys.data.movielens import find_ml_latest_small
-
-    items = data.items[["year", "genres"]].copy()
-    if items["year"].notna().any():
-        return items
-    movies = pd.read_csv(find_ml_latest_small() / "movies.csv", dtype={"movieId": str})
-    year = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0]
-    by_id = pd.Series(pd.to_numeric(year, errors="coerce").to_numpy(), index=movies["movieId"])
-    items["year"] = by_id.reindex(items.index).to_numpy(dtype=np.float64)
-    return items
+    """Item year and genres of ml-latest-small."""
+    return data.items[["year", "genres"]].copy()
 
 
 def ml100k_shift(
