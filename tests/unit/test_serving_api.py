@@ -226,3 +226,18 @@ def test_fallback_reasons_become_few_metric_labels():
     assert fallback_kind("only 3 personalised items") == "short_list"
     assert fallback_kind("retrieval failed: RuntimeError: x") == "retrieval_failed"
     assert fallback_kind("retrieval abandoned at the 50 ms budget") == "retrieval"
+
+
+def test_find_export_on_an_empty_model_store(tmp_path, monkeypatch):
+    """A fresh BENTOML_HOME has no recsys-engine models: nothing found, no error."""
+    import subprocess
+    import sys
+
+    code = (
+        "from recsys.serving.bento import find_export;"
+        "print(find_export('synthetic', 'ease', 'random', 'abc123'))"
+    )
+    env = {**__import__("os").environ, "BENTOML_HOME": str(tmp_path / "empty")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "None"

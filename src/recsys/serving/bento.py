@@ -62,9 +62,11 @@ def find_export(dataset: str, model: str, protocol: str, commit: str) -> Any | N
 
     if commit.endswith("+dirty") or commit == "unknown":
         return None
-    for candidate in sorted(
-        bentoml.models.list("recsys-engine"), key=lambda m: m.creation_time, reverse=True
-    ):
+    try:
+        exports = bentoml.models.list("recsys-engine")
+    except bentoml.exceptions.NotFound:  # a fresh model store
+        return None
+    for candidate in sorted(exports, key=lambda m: m.creation_time, reverse=True):
         labels = candidate.info.labels
         if (labels.get("dataset"), labels.get("model"), labels.get("protocol")) == (
             dataset,
