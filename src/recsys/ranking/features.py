@@ -77,8 +77,50 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+# Feature groups a study (or an ablation) can switch off; the retrieval features are always in:
+# the ranker re-orders the retriever's list.
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "retrieval": ("retrieval_score", "retrieval_z", "retrieval_log_rank"),
+    "ease": ("ease_score", "ease_z", "ease_log_rank"),
+    "knn": ("knn_score", "knn_z"),
+    "rp3": ("rp3_score", "rp3_z"),
+    "seq": ("seq_score", "seq_z"),
+    "userknn": ("userknn_score", "userknn_z"),
+    "item": ("item_log_pop", "item_log_recent_pop", "item_days_since_seen", "item_year"),
+    "user_item": ("genre_affinity", "pop_gap", "user_log_history"),
+    "time": ("time_affinity", "time_affinity_z"),
+    "context": ("context_lift",),
+    "session": ("session_genre_overlap", "session_max_cos", "session_mean_cos"),
+}
+
+
+class FeatureGroups(ComponentConfig):
+    """Which feature groups the ranker sees (``FEATURE_GROUPS``; retrieval is always on)."""
+
+    ease: bool = True
+    knn: bool = True
+    rp3: bool = True
+    seq: bool = True
+    userknn: bool = True
+    item: bool = True
+    user_item: bool = True
+    time: bool = True
+    context: bool = True
+    session: bool = True
+
+    def names(self) -> tuple[str, ...]:
+        """The enabled features, in ``FEATURE_NAMES`` order."""
+        on = {"retrieval", *(group for group, used in self.model_dump().items() if used)}
+        kept = {name for group in on for name in FEATURE_GROUPS[group]}
+        return tuple(name for name in FEATURE_NAMES if name in kept)
+
+
 class CandidateFeatureConfig(ComponentConfig):
     """Settings of the candidate features."""
+
+    groups: FeatureGroups = Field(
+        default_factory=FeatureGroups, description="Feature groups on/off (ablation, tuning)."
+    )
 
     ease_l2: float = Field(250.0, gt=0.0, le=1e7, description="EASE λ of the item–item score.")
     max_ease_items: int = Field(
@@ -251,8 +293,8 @@ class CandidateFeaturizer:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Feature names in column order."""
-        return FEATURE_NAMES
+        """Names of the features the model sees, in column order (the enabled groups)."""
+        return self.config.groups.names()
 
     def fit(self, split: Split, item_vectors: FloatArray | None = None) -> CandidateFeaturizer:
         """Fit every statistic on ``split.train`` (and item metadata)."""
@@ -415,14 +457,14 @@ class CandidateFeaturizer:
         raw_time = out["time_affinity"]
         out["time_affinity"] = np.log1p(raw_time * 1000.0).astype(np.float32)
         out["time_affinity_z"] = _zscore(raw_time)
-        return {name: out[name] for name in FEATURE_NAMES}
+        return {name: out[name] for name in self.names}
 
     def transform(
         self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray
     ) -> FloatArray:
-        """Dense features (B, C, F) in ``FEATURE_NAMES`` order (the model's input)."""
+        """Dense features (B, C, F) in :attr:`names` order (the model's input)."""
         named = self.features(queries, candidates, retrieval_scores)
-        return np.stack([named[name] for name in FEATURE_NAMES], axis=-1)
+        return np.stack([named[name] for name in self.names], axis=-1)
 
     def frame(
         self, queries: Sequence[Query], candidates: IntArray, retrieval_scores: FloatArray

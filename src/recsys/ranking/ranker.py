@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self
 
@@ -160,9 +160,22 @@ class Ranker:
 
     @with_config_threads
     def fit(
-        self, split: Split, retriever: CandidateSource, item_vectors: FloatArray | None = None
+        self,
+        split: Split,
+        retriever: CandidateSource,
+        item_vectors: FloatArray | None = None,
+        on_fold: Callable[[int, float], None] | None = None,
     ) -> Self:
-        """Fit features on train and the model on the retriever's validation candidates."""
+        """Fit features on train and the model on the retriever's validation candidates.
+
+        Args:
+            split: Train fits the features; validation interactions are the labels.
+            retriever: Gives the candidate lists (its serving path).
+            item_vectors: Item embeddings for the session-similarity features.
+            on_fold: Called after each bagging fold with (fold number from 1, out-of-fold
+                NDCG@10 of the folds so far); a tuning objective reports it and may stop
+                the fit by raising (e.g. ``optuna.TrialPruned``).
+        """
         start_time = time.perf_counter()
         c = self.config
         self.n_users, self.n_items = split.dataset.n_users, split.dataset.n_items
@@ -202,7 +215,8 @@ class Ranker:
         else:
             oob = np.zeros(labels.shape, dtype=np.float32)
             epochs = []
-            for fold, hold in enumerate(np.array_split(order, k)):
+            folds = np.array_split(order, k)
+            for fold, hold in enumerate(folds):
                 fit_rows = np.setdiff1d(order, hold)
                 model = self._build(fold)
                 best_epoch = self._train(
@@ -211,8 +225,19 @@ class Ranker:
                 self.models.append(model)
                 epochs.append(best_epoch)
                 oob[hold] = self._logits(dense[hold], slots[hold], cand[hold], [model])
+                if on_fold is not None:
+                    done = np.concatenate(folds[: fold + 1])
+                    ranked = np.argsort(-oob[done], axis=1, kind="stable")
+                    on_fold(
+                        fold + 1,
+                        ndcg_at(np.take_along_axis(labels[done], ranked, axis=1), n_rel[done]),
+                    )
             order_oob = np.argsort(-oob, axis=1, kind="stable")
             self.holdout_ndcg = ndcg_at(np.take_along_axis(labels, order_oob, axis=1), n_rel)
+            # each validation user's out-of-fold top 10 (item indices, -1 = padding): what a
+            # tuning objective scores beyond accuracy (diversity, coverage)
+            self.holdout_top = np.take_along_axis(cand, order_oob[:, :10], axis=1)
+            self.holdout_users = np.asarray([q.user for q in queries], dtype=np.int64)
             self.holdout_retrieval_ndcg = ndcg_at(labels, n_rel)
             self.best_epoch = int(np.median(epochs))
             log.info(
