@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -298,8 +298,14 @@ class TwoTowerRetriever(Recommender):
         return evaluate(self.score, self._split, stage="valid", ks=(10,))["ndcg@10"]
 
     @with_config_threads
-    def fit(self, split: Split) -> Self:
-        """Train with early stopping on validation NDCG@10; keep the best epoch's weights."""
+    def fit(self, split: Split, on_epoch: Callable[[int, float], None] | None = None) -> Self:
+        """Train with early stopping on validation NDCG@10; keep the best epoch's weights.
+
+        Args:
+            split: Trains on ``split.train``; ``split.valid`` drives early stopping.
+            on_epoch: Called after each epoch with (epoch, validation NDCG@10); a tuning
+                objective reports it and may stop the fit by raising (``optuna.TrialPruned``).
+        """
         self.prepare(split)
         assert self.model is not None
         c = self.config
@@ -310,6 +316,8 @@ class TwoTowerRetriever(Recommender):
             ndcg = self.validate() if has_valid else float("nan")
             self.history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": ndcg})
             log.info("two-tower epoch %d loss %.4f valid ndcg@10 %.4f", epoch, loss, ndcg)
+            if on_epoch is not None:
+                on_epoch(epoch, ndcg)
             if not has_valid or ndcg > best:
                 best, bad, self.best_epoch = ndcg, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
