@@ -1,4 +1,4 @@
-"""The ``recsys`` command line: data, bench, demo (more stages add their commands here)."""
+"""The ``recsys`` command line: data, bench, train, tune, demo (stages add their commands)."""
 
 from __future__ import annotations
 
@@ -217,13 +217,22 @@ def bench_quality(
     user_context: Annotated[
         bool, typer.Option(help="Serve the user table's context (off: measure the skew).")
     ] = True,
+    configs: Annotated[
+        Path | None, typer.Option(help="Model config folder (default experiments/configs/models).")
+    ] = None,
 ) -> None:
     """Train, serve (Engine) and evaluate every model on one split; write quality.json/.md."""
     from recsys.bench.quality import quality_table, run_quality
 
     try:
         report = run_quality(
-            dataset, protocol, out, models=model, seed=seed, user_context=user_context
+            dataset,
+            protocol,
+            out,
+            models=model,
+            seed=seed,
+            user_context=user_context,
+            configs=configs,
         )
     except (RecsysError, ValueError) as exc:
         _fail(exc)
@@ -554,6 +563,69 @@ def bento_build(
     typer.echo(f"bento   {result.bento_tag}")
     typer.echo(f"archive {result.archive}")
     typer.echo(f"serve:  bentoml serve {result.bento_tag}")
+
+
+@app.command("tune")
+def tune(
+    study: Annotated[
+        str, typer.Argument(help="Study name (experiments/configs/studies/<name>.yaml) or file.")
+    ],
+    trials: Annotated[
+        int | None, typer.Option(help="Trials of this run, all workers together.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL (sqlite:///x.db, postgresql://...), a .db file, or an Optuna "
+            "journal file (journal:PATH or *.log). Default: experiments/studies/<study>.db."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes optimising the study at once.")] = 1,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue (or join) the study in the storage.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Outputs folder (default experiments/studies/<study>/).")
+    ] = None,
+    configs: Annotated[
+        Path | None,
+        typer.Option(help="Model config folder read and written (experiments/configs/models)."),
+    ] = None,
+    write_config: Annotated[
+        str, typer.Option(help="Write the best config: if-better (than trial 0) | always | never.")
+    ] = "if-better",
+    progress: Annotated[bool, typer.Option(help="Progress bar with the best value.")] = True,
+    plots: Annotated[bool, typer.Option(help="Write the PNG plots.")] = True,
+) -> None:
+    """Tune a model with Optuna on validation; write the best config where the bench reads it."""
+    from recsys.tuning import run_study
+    from recsys.tuning.outputs import summary_table
+
+    if write_config not in ("if-better", "always", "never"):
+        _fail(ValueError(f"--write-config: {write_config!r}; use if-better, always or never"))
+    try:
+        run = run_study(
+            study,
+            trials=trials,
+            storage=storage,
+            workers=workers,
+            resume=resume,
+            out=out,
+            configs=configs,
+            write_config=write_config,  # type: ignore[arg-type]
+            progress=progress,
+            plots=plots,
+        )
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    summary = run.as_dict()
+    typer.echo(summary_table(summary))
+    typer.echo(f"\nconfig: {run.write_note}" + "".join(f"\n  {p}" for p in run.written))
+    typer.echo(f"outputs: {run.out_dir}/ (summary.json, trials.csv, plots)")
+    typer.echo(f"dashboard: {run.dashboard}")
+    if run.interrupted:
+        typer.echo(f"interrupted: continue with `recsys tune {study} --resume`", err=True)
+        raise typer.Exit(code=130)
 
 
 @app.command("demo")

@@ -51,9 +51,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def quality_models() -> dict[str, BenchModel]:
-    """All registered benchmark models, baselines first."""
-    return load_registry()
+def quality_models(configs: Path | None = None) -> dict[str, BenchModel]:
+    """All registered benchmark models, baselines first (``configs``: another model folder)."""
+    return load_registry(configs)
 
 
 def served_engine(split: Split, model: Any, user_context: bool = True) -> Any:
@@ -101,6 +101,7 @@ def run_quality(
     progress: bool = True,
     parity_users: int = 50,
     user_context: bool = True,
+    configs: Path | None = None,
 ) -> dict[str, Any]:
     """Train, serve and evaluate models on one split; write ``quality.json`` and ``quality.md``.
 
@@ -116,11 +117,13 @@ def run_quality(
             evaluated lists (0: skip).
         user_context: Serve the user table's context (``False`` measures what serving
             without it — the old training/serving skew — costs).
+        configs: The model config folder (default ``experiments/configs/models``), e.g. a
+            study's tuned configs beside the defaults.
 
     Returns:
         The report written to ``quality.json``.
     """
-    registry = quality_models()
+    registry = quality_models(configs)
     names = list(models) if models else list(registry)
     unknown = [n for n in names if n not in registry]
     if unknown:
