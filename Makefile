@@ -38,6 +38,19 @@ MODEL ?= two_tower+ranker
 bento: $(STAMP)
 	$(VENV)/bin/recsys bento build --dataset $(DATASET) --model $(MODEL)
 
+# make lab: JupyterLab from .venv on notebooks/, with the `recsys` kernel the notebooks name.
+# The kernel is registered inside .venv (--prefix): it lives and dies with this environment and
+# never shadows another checkout's kernel in ~/.local/share/jupyter. LAB_ARGS=--no-browser etc.
+# (root, as in a container, must say --allow-root or Jupyter refuses to start.)
+KERNEL := $(VENV)/share/jupyter/kernels/recsys/kernel.json
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
+.PHONY: lab kernel
+kernel: $(KERNEL)
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --prefix $(abspath $(VENV)) --name recsys --display-name "recsys (.venv)"
+lab: $(KERNEL)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks $(LAB_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
