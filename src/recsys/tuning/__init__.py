@@ -8,7 +8,7 @@ where ``recsys bench quality`` and the Bento read it.
 
 from recsys.tuning.objectives import Objective, ranker_validation_metrics
 from recsys.tuning.outputs import plot_study, trials_frame, write_model_configs
-from recsys.tuning.run import StudyRun, open_storage, resolve_storage, run_study
+from recsys.tuning.run import StudyRun, open_storage, resolve_storage, run_study, study_names
 from recsys.tuning.study import (
     ParamSpec,
     StudyConfig,
@@ -30,6 +30,7 @@ __all__ = [
     "ranker_validation_metrics",
     "resolve_storage",
     "run_study",
+    "study_names",
     "trials_frame",
     "write_model_configs",
 ]

@@ -112,6 +112,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         )
 
 
+def study_names(storage: str) -> list[str]:
+    """The studies in a storage (a :func:`resolve_storage` URL); ``[]`` for a new one."""
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(open_storage(storage)))
+
+
 def dashboard_command(url: str) -> str:
     """The ``optuna-dashboard`` command that opens this storage."""
     target = url.removeprefix("journal:") if url.startswith("journal:") else url

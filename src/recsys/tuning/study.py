@@ -47,7 +47,6 @@ METRICS: tuple[str, ...] = (
     "coverage@10",
     "novelty@10",
 )
-DATASETS: tuple[str, ...] = ("ml-100k", "ml-latest-small", "synthetic")
 
 
 class StudyError(RecsysError, ValueError):
@@ -159,7 +158,7 @@ class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.+\-]+$")
     model: str
     dataset: str = "ml-100k"
-    protocol: Literal["random", "temporal"] = "random"
+    protocol: Literal["random", "temporal", "leave_last_out"] = "random"
     seed: int = Field(2020, ge=0, description="Split seed.")
     description: str = ""
     trials: int = Field(40, ge=1, description="Default number of trials of one run.")
@@ -186,8 +185,11 @@ class StudyConfig(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; choose one of {list(DATASETS)}")
+        from recsys.data import available_datasets
+
+        known = available_datasets()
+        if value not in known:
+            raise ValueError(f"unknown dataset {value!r}; choose one of {known}")
         return value
 
     @model_validator(mode="after")
