@@ -127,6 +127,7 @@ def test_committed_studies_validate() -> None:
         ),
         ({"fixed": {"epoch": 3}}, ["fixed.epoch", "unknown parameter"]),
         ({"trails": 3}, ["trails: unknown key"]),
+        ({"dataset": "ml-10m"}, ["dataset: unknown dataset 'ml-10m'"]),
         (
             {"params": {"batch_size": {"type": "categorical", "choices": []}}},
             ["params.batch_size", "non-empty list of choices"],
