@@ -214,6 +214,11 @@ def test_two_tower_reports_every_epoch_and_a_pruner_stops_it(configs: Path) -> N
     study.optimize(objective, n_trials=1)
     assert study.trials[0].state == STATE.PRUNED
     assert list(study.trials[0].intermediate_values) == [1]
+    # ...but never the current config, queued as the bar to beat: it runs to its end
+    study.enqueue_trial(study.trials[0].params, user_attrs={"role": "default"})
+    study.optimize(objective, n_trials=1)
+    assert study.trials[1].state == STATE.COMPLETE
+    assert sorted(study.trials[1].intermediate_values) == [1, 2, 3]
 
 
 def test_ranker_objective_is_out_of_fold_and_reports_each_fold(configs: Path) -> None:
@@ -423,7 +428,7 @@ def test_resume_after_kill_or_ctrl_c_continues_the_same_study(
     tmp_path: Path, configs: Path, how: str
 ) -> None:
     # trials of several seconds, so the signal lands in the middle of one
-    spec = two_tower_study(epochs=30, name="tt-resume")
+    spec = two_tower_study(epochs=20, name="tt-resume")
     path = _write(tmp_path, spec)
     url = resolve_storage(str(tmp_path / "study.log"), "tt-resume")  # the journal file backend
     args = [str(path), "--storage", url, "--configs", str(configs), "--out", str(tmp_path / "o")]
@@ -433,6 +438,7 @@ def test_resume_after_kill_or_ctrl_c_continues_the_same_study(
     output, _ = process.communicate(timeout=120)
     assert process.returncode == (-signal.SIGKILL if how == "kill" else 130), output
     before = optuna.load_study(study_name="tt-resume", storage=open_storage(url)).trials
+    assert (configs / "two_tower.yaml").read_text() == (MODELS / "two_tower.yaml").read_text()
     cut = before[-1]
     expected = STATE.RUNNING if how == "kill" else STATE.FAIL
     assert cut.state == expected, (cut.state, output)

@@ -143,13 +143,18 @@ class Objective:
 
     # ------------------------------------------------------------------ families
     def _reporter(self, trial: optuna.Trial) -> Callable[[int, float], None] | None:
-        """Report a step's validation NDCG@10 and prune (single-objective studies)."""
+        """Report a step's validation NDCG@10 and prune (single-objective studies).
+
+        The current config (the trial queued with ``role: default``) is reported but never
+        pruned: it is the bar every other trial is compared with, so it runs to the end.
+        """
         if self.config.multi_objective:
             return None
+        prunable = trial.user_attrs.get("role") != "default"
 
         def report(step: int, value: float) -> None:
             trial.report(float(value), step)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"step {step}: valid ndcg@10 {value:.4f}")
 
         return report

@@ -138,10 +138,9 @@ def plot_study(study: optuna.Study, config: StudyConfig, out_dir: Path) -> dict[
                 warnings.warn(f"plot {name} skipped: {exc}", stacklevel=2)
                 continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.set_size_inches(8, 4.5)
-        fig.tight_layout()
+        fig.set_size_inches(8, 4.5 if name != "importances" else max(4.5, 0.3 * len(config.params)))
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         made[name] = path
     return made
@@ -244,8 +243,23 @@ def provenance_line(
         values += f" (default {default.values[0]:.4f})"
     return (
         f"study {config.name} ({config.protocol}, seed {config.seed}), trial {trial.number} "
-        f"of {n_trials}, {values}, {time.strftime('%Y-%m-%d')}\n#   storage {storage}"
+        f"of {n_trials}, {values}, {time.strftime('%Y-%m-%d')}\n#   storage {_portable(storage)}"
     )
+
+
+def _portable(storage: str) -> str:
+    """A storage URL with the checkout's own path made relative (committed files travel)."""
+    from recsys.data.paths import project_root
+
+    root = project_root()
+    if root is None:
+        return storage
+    for prefix in ("sqlite:///", "journal:"):
+        if storage.startswith(prefix):
+            path = Path(storage.removeprefix(prefix))
+            if path.is_relative_to(root):
+                return prefix + str(path.relative_to(root))
+    return storage
 
 
 def summary_table(summary: Mapping[str, Any]) -> str:

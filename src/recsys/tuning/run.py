@@ -470,6 +470,11 @@ def _run_workers(
         raise
     for p in processes:
         p.join()
+    bar.n = min(
+        n_trials,
+        sum(t.number >= start_count for t in study.get_trials(deepcopy=False, states=FINISHED)),
+    )
+    bar.set_postfix(_postfix(study, config))
     failed = [p.name for p in processes if p.exitcode]
     if failed:
         raise StudyError(f"workers {failed} exited with an error (see their log above)")
@@ -523,10 +528,8 @@ def _finish(
 ) -> StudyRun:
     trials = study.get_trials(deepcopy=False)
     best = best_trial(study, config)
-    defaults = [
-        t for t in trials if t.user_attrs.get("role") == "default" and t.state == STATE.COMPLETE
-    ]
-    default = defaults[0] if defaults else None
+    queued_default = [t for t in trials if t.user_attrs.get("role") == "default"]
+    default = next((t for t in queued_default if t.state == STATE.COMPLETE), None)
     outputs = {p.name: str(p) for p in write_trials(trials_frame(study, config), out_dir)}
     if config.multi_objective and best is not None:
         pareto = out_dir / "pareto.csv"
@@ -540,6 +543,10 @@ def _finish(
         note = "no complete trial: nothing written"
     elif write_config == "never":
         note = "write_config=never"
+    elif interrupted and write_config == "if-better":
+        note = "interrupted: nothing written (--resume to finish the study)"
+    elif write_config == "if-better" and queued_default and default is None:
+        note = "the current config (trial 0) has no validation value yet: nothing written"
     elif write_config == "if-better" and default is not None and not _better(best, default, config):
         note = (
             f"the current config (trial {default.number}) is still best on validation: "
