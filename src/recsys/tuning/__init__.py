@@ -7,7 +7,7 @@ where ``recsys bench quality`` and the Bento read it.
 """
 
 from recsys.tuning.objectives import Objective, ranker_validation_metrics
-from recsys.tuning.outputs import plot_study, trials_frame, write_model_configs
+from recsys.tuning.outputs import plot_pruning, plot_study, trials_frame, write_model_configs
 from recsys.tuning.run import StudyRun, open_storage, resolve_storage, run_study, study_names
 from recsys.tuning.study import (
     ParamSpec,
@@ -26,6 +26,7 @@ __all__ = [
     "find_study_file",
     "load_study_config",
     "open_storage",
+    "plot_pruning",
     "plot_study",
     "ranker_validation_metrics",
     "resolve_storage",

@@ -13,6 +13,7 @@ code change, and the same mechanism serves every model.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -29,6 +30,7 @@ from recsys.tuning.objectives import from_params
 from recsys.tuning.study import StudyConfig, StudyError, set_path
 
 STATE = optuna.trial.TrialState
+log = logging.getLogger(__name__)
 
 
 def trials_frame(study: optuna.Study, config: StudyConfig) -> pd.DataFrame:
@@ -120,7 +122,7 @@ def plot_study(study: optuna.Study, config: StudyConfig, out_dir: Path) -> dict[
     else:
         jobs.append(("history", lambda: ovm.plot_optimization_history(study, target_name=names[0])))
         if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
-            jobs.append(("intermediate", lambda: ovm.plot_intermediate_values(study)))
+            jobs.append(("intermediate", lambda: plot_pruning(study)))
     if len(complete) >= 2 and len(config.params) >= 1:
         target = (lambda t: t.values[0]) if config.multi_objective else None
         jobs.append(
@@ -131,19 +133,55 @@ def plot_study(study: optuna.Study, config: StudyConfig, out_dir: Path) -> dict[
         )
     for name, draw in jobs:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna's matplotlib module is "experimental"
+            # optuna's matplotlib module is "experimental"; its layouts warn on resizing
+            warnings.simplefilter("ignore")
             try:
                 ax = draw()
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-                warnings.warn(f"plot {name} skipped: {exc}", stacklevel=2)
+                log.warning("plot %s skipped: %s", name, exc)
                 continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.set_size_inches(8, 4.5 if name != "importances" else max(4.5, 0.3 * len(config.params)))
-        path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            height = max(4.5, 0.3 * len(config.params)) if name == "importances" else 4.5
+            fig.set_size_inches(8, height)
+            path = out_dir / f"{name}.png"
+            fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         made[name] = path
     return made
+
+
+def plot_pruning(study: optuna.Study, ax: Any = None, step_name: str = "step") -> Any:
+    """Each trial's reported validation values per step: pruned trials red, ending in ×.
+
+    Args:
+        study: The study.
+        ax: Matplotlib axes to draw on (default: a new figure).
+        step_name: The x label (``epoch`` for the two-tower, ``fold`` for the ranker).
+
+    Returns:
+        The axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.5))
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        values = [t.intermediate_values[s] for s in steps]
+        pruned = t.state == STATE.PRUNED
+        ax.plot(steps, values, color="#c44e52" if pruned else "#4c72b0", alpha=0.7, linewidth=1)
+        if pruned:
+            ax.plot(steps[-1:], values[-1:], "x", color="#c44e52")
+    counts = pd.Series([t.state.name.lower() for t in trials]).value_counts()
+    ax.set(
+        xlabel=step_name,
+        ylabel="validation (reported)",
+        title=f"{study.study_name}: " + ", ".join(f"{n} {state}" for state, n in counts.items()),
+    )
+    return ax
 
 
 def tuned_overrides(
