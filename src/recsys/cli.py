@@ -571,7 +571,11 @@ def tune(
         str, typer.Argument(help="Study name (experiments/configs/studies/<name>.yaml) or file.")
     ],
     trials: Annotated[
-        int | None, typer.Option(help="Trials of this run, all workers together.")
+        int | None,
+        typer.Option(
+            help="Trials of this run, all workers together (0 with --resume: only write the "
+            "outputs and the best config of the study)."
+        ),
     ] = None,
     storage: Annotated[
         str | None,

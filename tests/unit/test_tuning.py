@@ -467,5 +467,26 @@ def test_fresh_run_refuses_an_existing_study_and_resume_needs_one(
     run_study(config, trials=1, storage=storage, configs=configs, progress=False, plots=False)
     with pytest.raises(StudyError, match=r"already exists .* with 1 trials: pass --resume"):
         run_study(config, trials=1, storage=storage, configs=configs, progress=False)
-    run = run_study(config, trials=2, storage=storage, resume=True, configs=configs, progress=False)
-    assert run.trials == 3 and run.trials_this_run == 2
+    run = run_study(
+        config,
+        trials=2,
+        storage=storage,
+        resume=True,
+        configs=configs,
+        progress=False,
+        write_config="never",
+    )
+    assert run.trials == 3 and run.trials_this_run == 2 and run.written == []
+    # --resume --trials 0: no new trial, the study's best written as it stands
+    run = run_study(
+        config,
+        trials=0,
+        storage=storage,
+        resume=True,
+        configs=configs,
+        progress=False,
+        write_config="always",
+    )
+    assert run.trials == 3 and run.trials_this_run == 0
+    tuned = yaml.safe_load((configs / "ease.yaml").read_text())["datasets"]["synthetic"]
+    assert tuned == {"l2": run.best["params"]["l2"]}

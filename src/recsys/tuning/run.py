@@ -227,7 +227,10 @@ def recover_trials(study: optuna.Study) -> list[int]:
         if orphan:
             study._storage.set_trial_state_values(t._trial_id, STATE.FAIL)
         if orphan or (t.state == STATE.FAIL and t.user_attrs.get("interrupted")):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            attrs = {"retry_of": t.number}
+            if "role" in t.user_attrs:  # a cut trial 0 stays the current config's trial
+                attrs["role"] = t.user_attrs["role"]
+            study.enqueue_trial(t.params, user_attrs=attrs)
             queued.append(t.number)
     return queued
 
@@ -312,7 +315,8 @@ def run_study(
 
     Args:
         study: A :class:`StudyConfig`, a study file, or a study name.
-        trials: Trials of this run, over all workers (default: the study file's ``trials``).
+        trials: Trials of this run, over all workers (default: the study file's ``trials``);
+            ``0`` with ``resume`` only writes the outputs (and the best config) of the study.
         storage: Where the study lives (see the module docstring; default SQLite under
             ``experiments/studies/``).
         workers: Processes optimising the study at once through the storage.
@@ -384,7 +388,8 @@ def _run(
         log.warning("study %s: queued again the interrupted trials %s", config.name, requeued)
     start_count = len(study_obj.trials)
     objective = Objective(config, registry, cache_dir=out_dir / "cache")
-    objective.warm()  # the split and a shared retriever, once, before any worker starts
+    if n_trials > 0:
+        objective.warm()  # the split and a shared retriever, once, before any worker starts
     started = time.perf_counter()
     interrupted = False
     bar = tqdm(total=n_trials, desc=f"tune {config.name}", unit="trial", disable=not progress)
