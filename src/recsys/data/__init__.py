@@ -21,6 +21,7 @@ from recsys.data.splits import (
     time_cutoff_split,
 )
 from recsys.data.synthetic import SyntheticConfig, generate
+from recsys.data.yoochoose import load_yoochoose_sample, session_split
 
 DATASETS = ("ml-100k", "ml-latest-small")
 
@@ -67,9 +68,11 @@ __all__ = [
     "load_ml100k",
     "load_ml_latest_small",
     "load_registered",
+    "load_yoochoose_sample",
     "make_split",
     "random_split",
     "read_events",
+    "session_split",
     "session_time_split",
     "temporal_split",
     "time_cutoff_split",
