@@ -27,7 +27,7 @@ import yaml
 
 from recsys.errors import RecsysError
 
-BASELINE_ORDER = ("popularity", "itemknn", "ease", "implicit_als", "implicit_bpr")
+BASELINE_ORDER = ("popularity", "itemknn", "ease", "implicit_als", "implicit_bpr", "sknn", "vsknn")
 
 
 class RegistryError(RecsysError, ValueError):

@@ -9,14 +9,19 @@ from recsys.retrieval.baselines import (
     Popularity,
     PopularityConfig,
 )
+from recsys.retrieval.session_knn import SKNN, VSKNN, SKNNConfig, VSKNNConfig
 
 __all__ = [
     "EASE",
+    "SKNN",
+    "VSKNN",
     "EASEConfig",
     "ItemKNN",
     "ItemKNNConfig",
     "Popularity",
     "PopularityConfig",
     "Recommender",
+    "SKNNConfig",
+    "VSKNNConfig",
     "history_matrix",
 ]
