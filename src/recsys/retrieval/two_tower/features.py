@@ -137,6 +137,7 @@ class TwoTowerFeatures:
         item_ids: list[str],
         year_min: int = 0,
         year_bucket_size: int = 5,
+        sequence: bool = False,
     ) -> None:
         self.n_users = n_users
         self.n_items = n_items
@@ -152,6 +153,8 @@ class TwoTowerFeatures:
         self.item_ids = item_ids
         self.year_min = year_min
         self.year_bucket_size = year_bucket_size
+        # an ordered user tower reads the history as a sequence, not as pooled bags
+        self.sequence = sequence
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -162,6 +165,7 @@ class TwoTowerFeatures:
         max_tags: int = 500,
         year_bucket_size: int = 5,
         use_context: bool = True,
+        sequence: bool = False,
     ) -> TwoTowerFeatures:
         """Build vocabularies from a dataset's item and user tables.
 
@@ -216,6 +220,7 @@ class TwoTowerFeatures:
             item_ids=list(dataset.item_index.ids),
             year_min=year_min,
             year_bucket_size=year_bucket_size,
+            sequence=sequence,
         )
 
     # ------------------------------------------------------------------ specs
@@ -224,32 +229,37 @@ class TwoTowerFeatures:
         specs = [
             FeatureSpec("item_id", self.n_items, "sum"),
             FeatureSpec("item_genres", len(self.genres), "mean"),
-            FeatureSpec("item_year", self.n_year_buckets, "sum"),
         ]
+        if self.has_years:
+            specs.append(FeatureSpec("item_year", self.n_year_buckets, "sum"))
         if self.item_tags is not None:
             specs.append(FeatureSpec("item_tags", len(self.tags), "mean"))
         return specs
 
     def user_specs(self) -> list[FeatureSpec]:
-        """User tower features, in KJT key order."""
-        specs = [
-            FeatureSpec("user_id", self.n_users + 1, "sum"),
-            FeatureSpec("user_history", self.n_items, "mean"),
-            FeatureSpec("user_history_genres", len(self.genres), "mean"),
-        ]
+        """User tower features, in KJT key order (no history bags for a sequence tower)."""
+        specs = [FeatureSpec("user_id", self.n_users + 1, "sum")]
+        if not self.sequence:
+            specs += [
+                FeatureSpec("user_history", self.n_items, "mean"),
+                FeatureSpec("user_history_genres", len(self.genres), "mean"),
+            ]
         specs += [FeatureSpec(f"ctx_{name}", len(v), "sum") for name, v in self.context.items()]
         return specs
+
+    @property
+    def has_years(self) -> bool:
+        """Whether any item has a year (a catalogue without any gets no constant feature)."""
+        return bool((self.item_year > 0).any())
 
     # ------------------------------------------------------------------ encoding
     def item_kjt(self, items: IntArray) -> KeyedJaggedTensor:
         """KJT of the given items (batch size ``len(items)``)."""
         items = np.asarray(items, dtype=np.int64)
         ones = np.ones(len(items), dtype=np.int64)
-        parts: list[tuple[IntArray, IntArray]] = [
-            (items, ones),
-            self.item_genres.gather(items),
-            (self.item_year[items], ones),
-        ]
+        parts: list[tuple[IntArray, IntArray]] = [(items, ones), self.item_genres.gather(items)]
+        if self.has_years:
+            parts.append((self.item_year[items], ones))
         if self.item_tags is not None:
             parts.append(self.item_tags.gather(items))
         return _kjt([s.name for s in self.item_specs()], parts)
@@ -310,11 +320,12 @@ class TwoTowerFeatures:
         item_cum = np.concatenate([[0], np.cumsum(g_lengths)]).astype(np.int64)
         hist_end = np.cumsum(hist_lengths)
         g_user_lengths = item_cum[hist_end] - item_cum[hist_end - hist_lengths]
-        parts: list[tuple[IntArray, IntArray]] = [
-            (np.asarray(user_slots, dtype=np.int64), ones),
-            (hist_values.astype(np.int64), hist_lengths),
-            (g_values, g_user_lengths.astype(np.int64)),
-        ]
+        parts: list[tuple[IntArray, IntArray]] = [(np.asarray(user_slots, dtype=np.int64), ones)]
+        if not self.sequence:
+            parts += [
+                (hist_values.astype(np.int64), hist_lengths),
+                (g_values, g_user_lengths.astype(np.int64)),
+            ]
         ctx = np.asarray(context_rows, dtype=np.int64).reshape(n, len(self.context))
         for j in range(len(self.context)):
             parts.append((ctx[:, j], ones))
@@ -340,6 +351,7 @@ class TwoTowerFeatures:
             "item_ids": self.item_ids,
             "year_min": self.year_min,
             "year_bucket_size": self.year_bucket_size,
+            "sequence": self.sequence,
         }
 
     @classmethod
@@ -364,6 +376,7 @@ class TwoTowerFeatures:
             item_ids=list(state["item_ids"]),
             year_min=int(state["year_min"]),
             year_bucket_size=int(state["year_bucket_size"]),
+            sequence=bool(state.get("sequence", False)),
         )
 
     def to_json(self) -> str:

@@ -29,6 +29,12 @@ from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.retrieval.two_tower.features import TwoTowerFeatures
 from recsys.retrieval.two_tower.model import TwoTowerModel
 from recsys.retrieval.two_tower.runtime import with_config_threads
+from recsys.retrieval.two_tower.sequence import (
+    SequenceData,
+    SequenceSoftmaxTask,
+    gather_vectors,
+    pad_histories,
+)
 from recsys.retrieval.two_tower.task import InBatchSoftmaxTask
 from recsys.types import FloatArray, IntArray, ItemList, Query
 
@@ -70,6 +76,40 @@ class TwoTowerConfig(ComponentConfig):
     history_dropout: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fraction of history items dropped per example."
     )
+    user_encoder: Literal["bag", "gru", "transformer"] = Field(
+        "bag",
+        description=(
+            "How the user tower reads the history: a pooled bag (order lost), a GRU, or a "
+            "causal transformer with positions (SASRec-style) over the last `history_length` "
+            "items. The ordered towers train on every (prefix → next item) position at once."
+        ),
+    )
+    encoder_layers: int = Field(2, ge=1, le=12, description="GRU layers / transformer blocks.")
+    encoder_heads: int = Field(2, ge=1, le=16, description="Attention heads (transformer).")
+    encoder_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout in the encoder.")
+    softmax: Literal["in_batch", "full"] = Field(
+        "in_batch",
+        description=(
+            "Ordered towers: sampled softmax over the batch's items with logQ correction, or "
+            "the exact softmax over the catalogue (affordable up to ~10k items)."
+        ),
+    )
+    scale_to_data: bool = Field(
+        False,
+        description=(
+            "Derive embedding size, batch size, epochs and negatives from the training log's "
+            "size (scaled_config): a small, sparse log gets a small model trained for more "
+            "epochs against more negatives, instead of settings sized for MovieLens."
+        ),
+    )
+    baseline_floor: bool = Field(
+        True,
+        description=(
+            "With a validation part: an epoch is kept only if it beats popularity's "
+            "validation NDCG@10 (no such epoch: the component serves popularity), and a "
+            "warning names the simple baseline (popularity, EASE) the model ends below."
+        ),
+    )
     use_user_id: bool = Field(True, description="Learn a per-user embedding.")
     use_context: bool = Field(True, description="Use user context attributes.")
     max_tags: int = Field(500, ge=0, le=100_000, description="Tag vocabulary size.")
@@ -88,6 +128,37 @@ class TwoTowerConfig(ComponentConfig):
     )
     index: IndexConfig = Field(default_factory=IndexConfig)
     progress: bool = Field(True, description="Show tqdm progress bars.")
+
+
+def scaled_config(config: TwoTowerConfig, split: Split) -> TwoTowerConfig:
+    """``config`` with the sizes that scale with the training log.
+
+    * embedding and table width ``≈ 4·events^¼`` as a power of two in [16, 128] (12k clicks:
+      32; 80k: 64);
+    * batch ``≈ events / 50`` as a power of two in [64, 1024], so a small log still takes
+      tens of steps per epoch;
+    * epochs: enough for ~3,000 optimiser steps, within [config.epochs, 300]; patience ≥ 5;
+    * negatives: the exact softmax over the catalogue for ordered towers up to 20k items,
+      else ``min(items, 4 · batch)`` uniform negatives beside the in-batch ones.
+    """
+    events = max(1, len(split.train))
+    n_items = split.dataset.n_items
+    dim = int(np.clip(2 ** round(np.log2(4 * events**0.25)), 16, 128))
+    batch = int(np.clip(2 ** round(np.log2(events / 50)), 64, 1024))
+    steps_per_epoch = max(1, int(np.ceil(events / batch)))
+    epochs = int(np.clip(np.ceil(3000 / steps_per_epoch), config.epochs, 300))
+    update: dict[str, Any] = {
+        "embedding_size": dim,
+        "table_dim": dim,
+        "batch_size": batch,
+        "epochs": epochs,
+        "patience": max(config.patience, 5),
+    }
+    if config.user_encoder != "bag" and n_items <= 20_000:
+        update["softmax"] = "full"
+    else:
+        update["uniform_negatives"] = min(n_items, 4 * batch)
+    return TwoTowerConfig.model_validate({**config.model_dump(), **update})
 
 
 def _item_log_prob(train: pd.DataFrame, n_items: int) -> torch.Tensor:
@@ -111,7 +182,8 @@ class TrainingData:
         self.positions = np.arange(len(users)) - self.starts[users]
         mode = history_mode
         if mode == "auto":
-            mode = "past" if split.protocol in ("temporal", "leave_last_out") else "others"
+            sequential = ("temporal", "leave_last_out", "sessions")
+            mode = "past" if split.protocol in sequential else "others"
         self.mode = mode
 
     def __len__(self) -> int:
@@ -157,6 +229,11 @@ class TwoTowerRetriever(Recommender):
         self._rng: np.random.Generator | None = None
         self._aug_rng: np.random.Generator | None = None
         self._context_rows: list[list[int]] | None = None
+        self._seq_task: SequenceSoftmaxTask | None = None
+        self._seq_data: SequenceData | None = None
+        self.baselines_valid: dict[str, float] = {}
+        self.popularity_fallback = False
+        self._popularity: FloatArray | None = None
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +252,17 @@ class TwoTowerRetriever(Recommender):
             output_size=c.embedding_size,
             dropout=c.dropout,
             device=self.device,
+            user_encoder=c.user_encoder,
+            max_length=max(1, c.history_length),
+            encoder_layers=c.encoder_layers,
+            encoder_heads=c.encoder_heads,
+            encoder_dropout=c.encoder_dropout,
         )
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the user tower reads the history in order (GRU / transformer)."""
+        return self.config.user_encoder != "bag"
 
     def prepare(self, split: Split) -> Self:
         """Build vocabularies, model, task and optimiser for training on ``split``."""
@@ -188,16 +275,30 @@ class TwoTowerRetriever(Recommender):
             history_length=c.history_length,
             max_tags=c.max_tags,
             use_context=c.use_context,
+            sequence=self.sequential,
         )
         self._fitted_on(split)
         self.model = self.build_model(self.features)
+        log_prob = _item_log_prob(split.train, self.n_items).to(self.device)
         self._task = InBatchSoftmaxTask(
             self.model,
-            _item_log_prob(split.train, self.n_items).to(self.device),
+            log_prob,
             temperature=c.temperature,
             logq_correction=c.logq_correction,
             n_items=self.n_items,
         )
+        if self.sequential:
+            self._seq_task = SequenceSoftmaxTask(
+                self.model,
+                self.features,
+                log_prob,
+                temperature=c.temperature,
+                logq_correction=c.logq_correction,
+                softmax=c.softmax,
+                uniform_negatives=c.uniform_negatives,
+                device=self.device,
+            )
+            self._seq_data = SequenceData(split.train, max(1, c.history_length))
         self._optimizers = self.make_optimizers(self.model)
         self._split = split
         self._data = TrainingData(split, c.history_mode)
@@ -234,9 +335,10 @@ class TwoTowerRetriever(Recommender):
 
     # ------------------------------------------------------------------ training
     def batches(self, rng: np.random.Generator) -> list[IntArray]:
-        """This epoch's shuffled example rows, cut into batches."""
+        """This epoch's shuffled example rows (windows for ordered towers), cut into batches."""
         assert self._data is not None
-        order = rng.permutation(len(self._data))
+        n = len(self._seq_data) if self._seq_data is not None else len(self._data)
+        order = rng.permutation(n)
         bs = self.config.batch_size
         return [order[i : i + bs] for i in range(0, len(order), bs) if len(order[i : i + bs]) > 1]
 
@@ -278,8 +380,10 @@ class TwoTowerRetriever(Recommender):
             batches, desc=f"two-tower epoch {epoch}", disable=not self.config.progress, leave=False
         )
         for rows in bar:
-            batch = self.encode_batch(rows, self._aug_rng)
-            loss = self._task(*batch)
+            if self._seq_task is not None:
+                loss = self._sequence_loss(rows)
+            else:
+                loss = self._task(*self.encode_batch(rows, self._aug_rng))
             for opt in self._optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -291,6 +395,21 @@ class TwoTowerRetriever(Recommender):
         self.refresh_embeddings()
         return float(np.mean(losses)) if losses else float("nan")
 
+    def _sequence_loss(self, rows: IntArray) -> torch.Tensor:
+        """Loss of a batch of training windows (ordered towers)."""
+        assert self._seq_data is not None and self._seq_task is not None
+        assert self.features is not None
+        data = self._seq_data
+        windows = data.windows[rows]
+        windows = windows[:, : max(1, int((windows >= 0).sum(axis=1).max()))]
+        users = data.users[rows]
+        slots = users + 1 if self.config.use_user_id else np.zeros(len(users), dtype=np.int64)
+        ctx = [self._context_of(int(u)) for u in users]
+        empty = [np.zeros(0, dtype=np.int64)] * len(rows)
+        user_kjt = self.features.encode_users(slots, empty, ctx).to(self.device)
+        self._seq_task.train()
+        return self._seq_task(windows, user_kjt, self._aug_rng)
+
     @with_config_threads
     def validate(self) -> float:
         """Validation NDCG@10 (full ranking, training items masked)."""
@@ -301,16 +420,29 @@ class TwoTowerRetriever(Recommender):
     def fit(self, split: Split, on_epoch: Callable[[int, float], None] | None = None) -> Self:
         """Train with early stopping on validation NDCG@10; keep the best epoch's weights.
 
+        With ``baseline_floor`` (and a validation part) popularity is the epoch to beat: an
+        epoch is kept only if its validation NDCG@10 exceeds popularity's; if none does, the
+        component serves popularity (``popularity_fallback``), and a warning names any simple
+        baseline the kept model is below on validation.
+
         Args:
             split: Trains on ``split.train``; ``split.valid`` drives early stopping.
             on_epoch: Called after each epoch with (epoch, validation NDCG@10); a tuning
                 objective reports it and may stop the fit by raising (``optuna.TrialPruned``).
         """
+        if self.config.scale_to_data:
+            self.config = scaled_config(self.config, split)
+            log.info("two-tower settings scaled to the log: %s", self.config)
         self.prepare(split)
         assert self.model is not None
         c = self.config
         best, best_state, bad = -1.0, None, 0
         has_valid = len(split.valid) > 0
+        self.baselines_valid = {}
+        self.popularity_fallback = False
+        if has_valid and c.baseline_floor:
+            self.baselines_valid = self._baselines_on_valid(split)
+            best = self.baselines_valid["popularity"]
         for epoch in range(1, c.epochs + 1):
             loss = self.train_epoch()
             ndcg = self.validate() if has_valid else float("nan")
@@ -327,12 +459,49 @@ class TwoTowerRetriever(Recommender):
                     break
         if best_state is not None:
             self.model.load_state_dict(best_state)
+        elif self.baselines_valid:
+            self.popularity_fallback = True
+            self.best_epoch = 0
+            log.warning(
+                "two-tower: no epoch beat popularity on validation (NDCG@10 %.4f); serving "
+                "popularity. Try scale_to_data=True or a smaller model for this log.",
+                self.baselines_valid["popularity"],
+            )
+        self._warn_below_baselines(best)
         self.refresh_embeddings()
         self._optimizers = []
         self._task = None
+        self._seq_task = None
+        self._seq_data = None
         self._data = None
         self._context_rows = None
         return self
+
+    def _baselines_on_valid(self, split: Split) -> dict[str, float]:
+        """Validation NDCG@10 of popularity and (up to 10k items) EASE, the bar to clear."""
+        from recsys.retrieval.baselines import EASE, Popularity
+
+        assert self.n_items is not None
+        popularity = Popularity().fit(split)
+        self._popularity = popularity.counts.astype(np.float32)
+        out = {"popularity": evaluate(popularity.score, split, stage="valid", ks=(10,))["ndcg@10"]}
+        if self.n_items <= 10_000:
+            ease = EASE().fit(split)
+            out["ease"] = evaluate(ease.score, split, stage="valid", ks=(10,))["ndcg@10"]
+        return out
+
+    def _warn_below_baselines(self, best: float) -> None:
+        if not self.baselines_valid or self.popularity_fallback:
+            return
+        name, value = max(self.baselines_valid.items(), key=lambda kv: kv[1])
+        if best < value:
+            log.warning(
+                "two-tower ends below %s on validation (NDCG@10 %.4f < %.4f): on this log "
+                "the simple baseline is the better choice (or try scale_to_data=True)",
+                name,
+                best,
+                value,
+            )
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -380,7 +549,44 @@ class TwoTowerRetriever(Recommender):
         assert self.model is not None
         if not queries:
             return np.zeros((0, self.config.embedding_size), dtype=np.float32)
+        if self.sequential:
+            return self._encode_sequences(queries)
         return self.model.user_tower(self._query_kjt(queries)).cpu().numpy().astype(np.float32)
+
+    def _encode_sequences(self, queries: Sequence[Query]) -> FloatArray:
+        """Ordered tower: the last ``history_length`` items' vectors → the user after them.
+
+        The history items' vectors are the served item vectors (the item tower's output,
+        recomputed with every :meth:`refresh_embeddings`), so a request runs the encoder only.
+        """
+        assert self.model is not None and self.features is not None
+        assert self.item_embeddings is not None
+        self.model.eval()
+        padded, lengths = pad_histories(self.features.histories_of(queries))
+        vectors = torch.from_numpy(self.item_embeddings).to(self.device)
+        history = gather_vectors(vectors, torch.from_numpy(padded).to(self.device))
+        user = self.model.user_tower.last(  # type: ignore[operator]
+            self._query_kjt(queries), history, torch.from_numpy(lengths).to(self.device)
+        )
+        return user.cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def attention(self, query: Query) -> FloatArray:
+        """Last-block attention of a transformer tower over one query's history.
+
+        Returns:
+            (L + 1, L + 1): row ``t`` is how the user vector after ``t`` clicks attends to the
+            begin vector (column 0) and to each of the last ``L`` clicks (columns 1..L).
+        """
+        if self.config.user_encoder != "transformer":
+            raise ValueError("attention: needs user_encoder='transformer'")
+        assert self.model is not None and self.features is not None
+        assert self.item_embeddings is not None
+        self.model.eval()
+        history = self.features.histories_of([query])[0]
+        vectors = torch.from_numpy(self.item_embeddings[history][None]).to(self.device)
+        weights = self.model.user_tower.attention(vectors)  # type: ignore[operator]
+        return weights[0].cpu().numpy().astype(np.float32)
 
     def score(self, queries: Sequence[Query]) -> FloatArray:
         """(B, n_items) cosine of each query's user vector with every item vector.
@@ -388,7 +594,9 @@ class TwoTowerRetriever(Recommender):
         Training-time validation uses it; serving and the benchmarks go through
         :meth:`retrieve` (the FAISS index), the path the engine runs.
         """
-        self._require_fitted()
+        n_items = self._require_fitted()
+        if self.popularity_fallback and self._popularity is not None:
+            return np.broadcast_to(self._popularity, (len(queries), n_items)).copy()
         assert self.item_embeddings is not None
         return self.user_embeddings(queries) @ self.item_embeddings.T
 
@@ -401,16 +609,28 @@ class TwoTowerRetriever(Recommender):
         excludes = [
             np.concatenate([q.exclude, q.history]) if exclude_seen else q.exclude for q in queries
         ]
+        if self.popularity_fallback:  # no epoch beat popularity on validation
+            scores = self.score(queries)
+            return [
+                ItemList.from_scores(row, n, excl)
+                for row, excl in zip(scores, excludes, strict=True)
+            ]
         return self.index.search(self._encode(queries), n, excludes)
 
     def bench_info(self) -> dict[str, float]:
         """Extra numbers for the benchmark table."""
         secs = self.epoch_seconds
-        return {
+        info = {
             "epochs": float(len(secs)),
             "best_epoch": float(self.best_epoch),
             "seconds_per_epoch": float(np.mean(secs)) if secs else float("nan"),
+            "popularity_fallback": float(self.popularity_fallback),
         }
+        info.update({f"valid_ndcg@10_{k}": v for k, v in self.baselines_valid.items()})
+        if self.history:
+            kept = [h["valid_ndcg@10"] for h in self.history if h["epoch"] == self.best_epoch]
+            info["valid_ndcg@10"] = float(kept[0]) if kept else float("nan")
+        return info
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict[str, np.ndarray]:
@@ -423,10 +643,14 @@ class TwoTowerRetriever(Recommender):
                     "history": self.history,
                     "epoch_seconds": self.epoch_seconds,
                     "best_epoch": self.best_epoch,
+                    "baselines_valid": self.baselines_valid,
+                    "popularity_fallback": self.popularity_fallback,
                 }
             ).encode(),
             dtype=np.uint8,
         )
+        if self._popularity is not None:
+            state["popularity"] = self._popularity
         return state
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
@@ -443,6 +667,9 @@ class TwoTowerRetriever(Recommender):
             self.history = meta["history"]
             self.epoch_seconds = meta["epoch_seconds"]
             self.best_epoch = meta["best_epoch"]
+            self.baselines_valid = meta.get("baselines_valid", {})
+            self.popularity_fallback = bool(meta.get("popularity_fallback", False))
+        self._popularity = state.get("popularity")
         self.refresh_embeddings()
 
     def save(self, path: str | Path) -> Path:
