@@ -27,6 +27,11 @@ Features (``FEATURE_NAMES``):
   context lift (how much more the user's context group consumes the item);
 * session / recent items: genre overlap with the last ``session_length`` items, max and mean
   embedding cosine with them (two-tower item vectors when given).
+* order (``order_features=True``, ``ORDER_FEATURE_NAMES``): how recently the candidate itself
+  was clicked in the history (1/steps back, 0 if never) and how often; the sequential
+  co-occurrence of the candidate with the history items weighted by how recent each history
+  item is (1/steps back) and with the last click alone; seconds since the history's last
+  event and since the candidate's last click in it (log). What a session's order says.
 """
 
 from __future__ import annotations
@@ -115,6 +120,18 @@ class FeatureGroups(ComponentConfig):
         return tuple(name for name in FEATURE_NAMES if name in kept)
 
 
+ORDER_FEATURE_NAMES: tuple[str, ...] = (
+    "hist_recency",
+    "hist_log_count",
+    "seq_recent_score",
+    "seq_recent_z",
+    "seq_last_score",
+    "log_last_gap",
+    "cand_log_time_before_last",
+)
+_NEVER_SECONDS = 1e8  # "never clicked in this history": older than any session
+
+
 class CandidateFeatureConfig(ComponentConfig):
     """Settings of the candidate features."""
 
@@ -142,6 +159,11 @@ class CandidateFeatureConfig(ComponentConfig):
     time_bin_days: float = Field(7.0, gt=0.0, description="Width of the time-affinity bins.")
     seq_window: int = Field(3, ge=1, le=1000, description="Sequence co-occurrence window.")
     time_smooth_bins: float = Field(2.0, ge=0.0, description="Gaussian smoothing (bins).")
+    order_features: bool = Field(
+        False,
+        description="Add the order features (ORDER_FEATURE_NAMES): recency of the candidate "
+        "and of its co-occurring items in the history, time since the last event.",
+    )
 
 
 def _zscore(x: FloatArray) -> FloatArray:
@@ -215,7 +237,10 @@ class ItemItem:
         return cls(by_target)
 
     def score(self, in_history: np.ndarray, targets: IntArray) -> FloatArray:
-        """Sum of each target's kept weights from sources flagged in ``in_history`` (n,)."""
+        """Sum of each target's kept weights from sources flagged in ``in_history`` (n,).
+
+        ``in_history`` may also hold a weight per source (e.g. how recent its click was).
+        """
         hit = in_history[self._sources[targets]]
         return np.einsum("ij,ij->i", self._weights[targets], hit, dtype=np.float32)
 
@@ -293,8 +318,9 @@ class CandidateFeaturizer:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Names of the features the model sees, in column order (the enabled groups)."""
-        return self.config.groups.names()
+        """Feature names in column order: the enabled groups, then the order features if on."""
+        order = ORDER_FEATURE_NAMES if self.config.order_features else ()
+        return self.config.groups.names() + order
 
     def fit(self, split: Split, item_vectors: FloatArray | None = None) -> CandidateFeaturizer:
         """Fit every statistic on ``split.train`` (and item metadata)."""
@@ -457,6 +483,16 @@ class CandidateFeaturizer:
         raw_time = out["time_affinity"]
         out["time_affinity"] = np.log1p(raw_time * 1000.0).astype(np.float32)
         out["time_affinity_z"] = _zscore(raw_time)
+        if self.config.order_features:
+            order = [self._order_features(q, cand[i]) for i, q in enumerate(queries)]
+            for name in ORDER_FEATURE_NAMES:
+                if name != "seq_recent_z":
+                    out[name] = (
+                        np.stack([row[name] for row in order]).astype(np.float32)
+                        if order
+                        else np.zeros(cand.shape, dtype=np.float32)
+                    )
+            out["seq_recent_z"] = _zscore(out["seq_recent_score"])
         return {name: out[name] for name in self.names}
 
     def transform(
@@ -516,6 +552,42 @@ class CandidateFeaturizer:
         out["session_max_cos"] = max_cos
         out["session_mean_cos"] = mean_cos
         return out
+
+    def _order_features(self, query: Query, cand: IntArray) -> dict[str, np.ndarray]:
+        """Order features of one query's candidates (see ``ORDER_FEATURE_NAMES``)."""
+        assert self.seq is not None
+        n, c = self.n_items, len(cand)
+        valid = (query.history >= 0) & (query.history < n)
+        history = query.history[valid]
+        times = None if query.history_times is None else query.history_times[valid]
+        steps = np.zeros(n, dtype=np.float32)  # 1/steps back of each item's latest click
+        counts = np.zeros(n, dtype=np.float32)
+        last_click = np.full(n, np.nan)
+        if len(history):
+            back = np.arange(len(history), 0, -1, dtype=np.float32)  # last click: 1
+            steps[history] = 1.0 / back  # later clicks overwrite earlier ones
+            np.add.at(counts, history, 1.0)
+            if times is not None:
+                last_click[history] = times
+        last = np.zeros(n, dtype=np.float32)
+        gap = 0.0
+        ago = np.full(c, np.log1p(_NEVER_SECONDS), dtype=np.float32)
+        if len(history):
+            last[history[-1]] = 1.0
+        if times is not None and len(times) and np.isfinite(times[-1]):
+            end = float(times[-1])
+            if len(times) > 1 and np.isfinite(times[-2]):
+                gap = float(np.log1p(max(0.0, end - float(times[-2]))))
+            clicked = np.isfinite(last_click[cand])
+            ago[clicked] = np.log1p(np.maximum(0.0, end - last_click[cand][clicked]))
+        return {
+            "hist_recency": steps[cand],
+            "hist_log_count": np.log1p(counts[cand]),
+            "seq_recent_score": self.seq.score(steps, cand),
+            "seq_last_score": self.seq.score(last, cand),
+            "log_last_gap": np.full(c, gap, dtype=np.float32),
+            "cand_log_time_before_last": ago,
+        }
 
     def _user_knn(self, distinct: IntArray, cand: IntArray, scale: float) -> np.ndarray:
         """Σ over the history's nearest training users of their interaction with each item."""

@@ -26,6 +26,7 @@ from recsys.data.dataset import interaction_matrix
 from recsys.data.splits import Split
 from recsys.errors import NotFittedError
 from recsys.evaluation import metrics
+from recsys.evaluation.sessions import PredictionEvents
 from recsys.ranking.features import CandidateFeatureConfig, CandidateFeaturizer
 from recsys.ranking.model import DCNRanker, FusedDCNBag
 from recsys.retrieval.two_tower.runtime import with_config_threads
@@ -40,8 +41,10 @@ class CandidateSource(Protocol):
     n_items: int | None
     model_id: str | None
 
-    def retrieve(self, queries: Sequence[Query], n: int) -> list[ItemList]:
-        """Top-``n`` candidates per query, history excluded."""
+    def retrieve(
+        self, queries: Sequence[Query], n: int, exclude_seen: bool = True
+    ) -> list[ItemList]:
+        """Top-``n`` candidates per query (history excluded unless ``exclude_seen=False``)."""
 
 
 class RankerConfig(ComponentConfig):
@@ -130,9 +133,19 @@ class Ranker:
         ).to(torch.device(c.device))
 
     def training_lists(
-        self, split: Split, retriever: CandidateSource
+        self,
+        split: Split,
+        retriever: CandidateSource,
+        events: PredictionEvents | None = None,
+        keep_history: bool = False,
     ) -> tuple[list[Query], IntArray, FloatArray, np.ndarray, np.ndarray]:
-        """Validation users' (queries, candidates, retrieval scores, labels, n_relevant).
+        """Training (queries, candidates, retrieval scores, labels, n_relevant).
+
+        By default the validation users: the profile is the training history, the positives
+        the user's validation items. With ``events`` (next-event protocols, e.g. the
+        sessions of a held-out day), one list per event: its prefix is the query, its next
+        click the one positive, and ``keep_history`` keeps the prefix's items among the
+        candidates (the session protocol serves them).
 
         Candidates come from ``retriever.retrieve`` — the path the engine serves — so the
         ranker learns from exactly the lists it will rank. Short lists (a small catalogue
@@ -140,16 +153,27 @@ class Ranker:
         """
         from recsys.evaluation.protocol import build_queries
 
-        users = split.target_users("valid")
-        queries = build_queries(split, users)
+        if events is not None:
+            queries = list(events.queries)
+        else:
+            users = split.target_users("valid")
+            queries = build_queries(split, users)
         width = min(self.config.candidates, split.dataset.n_items)
         cand = np.full((len(queries), width), -1, dtype=np.int64)
         score = np.zeros((len(queries), width), dtype=np.float32)
         for start in range(0, len(queries), 256):
             batch = queries[start : start + 256]
-            for row, found in enumerate(retriever.retrieve(batch, width), start=start):
+            found_lists = (
+                retriever.retrieve(batch, width, exclude_seen=False)
+                if keep_history
+                else retriever.retrieve(batch, width)
+            )
+            for row, found in enumerate(found_lists, start=start):
                 cand[row, : len(found)] = found.items[:width]
                 score[row, : len(found)] = found.scores[:width]
+        if events is not None:
+            labels = (cand == events.targets[:, None]) & (cand >= 0)
+            return queries, cand, score, labels, np.ones(len(queries), dtype=np.int64)
         valid = interaction_matrix(split.valid, split.dataset.n_users, split.dataset.n_items)
         valid = valid[users]
         labels = (
@@ -165,6 +189,8 @@ class Ranker:
         retriever: CandidateSource,
         item_vectors: FloatArray | None = None,
         on_fold: Callable[[int, float], None] | None = None,
+        events: PredictionEvents | None = None,
+        keep_history: bool = False,
     ) -> Self:
         """Fit features on train and the model on the retriever's validation candidates.
 
@@ -175,6 +201,9 @@ class Ranker:
             on_fold: Called after each bagging fold with (fold number from 1, out-of-fold
                 NDCG@10 of the folds so far); a tuning objective reports it and may stop
                 the fit by raising (e.g. ``optuna.TrialPruned``).
+            events: Prediction events whose lists replace the validation users' (next-event
+                protocols; :meth:`training_lists`).
+            keep_history: Keep the prefix's items among the candidates (with ``events``).
         """
         start_time = time.perf_counter()
         c = self.config
@@ -183,7 +212,9 @@ class Ranker:
         self._fused = None
         self.item_digest = split.dataset.item_index.digest
         self.featurizer = CandidateFeaturizer(c.features).fit(split, item_vectors)
-        queries, cand, score, labels, n_rel = self.training_lists(split, retriever)
+        queries, cand, score, labels, n_rel = self.training_lists(
+            split, retriever, events, keep_history
+        )
         n_feat = len(self.featurizer.names)
         dense = np.concatenate(
             [np.zeros((0, cand.shape[1], n_feat), dtype=np.float32)]
@@ -194,7 +225,7 @@ class Ranker:
                 for s in range(0, len(queries), 256)
             ]
         )
-        slots = np.asarray([q.user + 1 for q in queries], dtype=np.int64)
+        slots = np.asarray([0 if q.user is None else q.user + 1 for q in queries], dtype=np.int64)
         self.candidate_recall = float(labels.sum() / max(1, n_rel.sum()))
         self.passthrough = int(labels.sum()) == 0
         if self.passthrough:
@@ -237,7 +268,10 @@ class Ranker:
             # each validation user's out-of-fold top 10 (item indices, -1 = padding): what a
             # tuning objective scores beyond accuracy (diversity, coverage)
             self.holdout_top = np.take_along_axis(cand, order_oob[:, :10], axis=1)
-            self.holdout_users = np.asarray([q.user for q in queries], dtype=np.int64)
+            # -1 marks a query without a user (an anonymous session's prefix)
+            self.holdout_users = np.asarray(
+                [-1 if q.user is None else q.user for q in queries], dtype=np.int64
+            )
             self.holdout_retrieval_ndcg = ndcg_at(labels, n_rel)
             self.best_epoch = int(np.median(epochs))
             log.info(
@@ -247,6 +281,28 @@ class Ranker:
                 epochs,
             )
         self.train_seconds = time.perf_counter() - start_time
+        return self
+
+    def refresh(
+        self, split: Split, retriever: CandidateSource, item_vectors: FloatArray | None = None
+    ) -> Self:
+        """Serve the trained model over a newer training window and a retrained retriever.
+
+        The ranker was trained on the candidates of a retriever fitted *before* the events it
+        learned from (a held-out window); serving, it ranks the candidates of the same
+        retriever configuration retrained on all the data. This refits the featurizer's
+        statistics on ``split.train`` (counts, co-occurrences: statistics, not weights) and
+        records the new retriever, keeping the model's weights.
+
+        Raises:
+            ValueError: The ranker learned id embeddings (tied to the old index sizes).
+        """
+        if self.config.use_id_embeddings:
+            raise ValueError("refresh: a ranker with id embeddings must be retrained")
+        self.featurizer = CandidateFeaturizer(self.config.features).fit(split, item_vectors)
+        self.n_users, self.n_items = split.dataset.n_users, split.dataset.n_items
+        self.retriever_id = getattr(retriever, "model_id", None)
+        self.item_digest = split.dataset.item_index.digest
         return self
 
     def _train(

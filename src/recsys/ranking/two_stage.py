@@ -30,6 +30,41 @@ class TwoStageConfig(ComponentConfig):
 
     retriever: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
     ranker: RankerConfig = Field(default_factory=RankerConfig)
+    holdout_days: float = Field(
+        1.0,
+        gt=0.0,
+        le=365.0,
+        description="Session splits (no validation part): the ranker learns from the "
+        "sessions of the training part's last `holdout_days`, ranking the candidates of a "
+        "retriever trained on the sessions before them.",
+    )
+
+
+def holdout_sessions(split: Split, days: float, max_fraction: float = 0.2) -> Split:
+    """``split.train`` cut in time: sessions starting in the last ``days`` become the test part.
+
+    At most ``max_fraction`` of the sessions are held out (the latest), so a short log keeps
+    most of its sessions for the retriever.
+
+    The ranker of a session model learns from these held-out sessions' prediction events,
+    with a retriever and statistics fitted on the sessions before them (what it will face
+    on really new sessions).
+    """
+    train = split.train
+    start = train.groupby("user")["timestamp"].min()
+    cutoff = float(train["timestamp"].max()) - days * 86400.0
+    if len(start):
+        cutoff = max(cutoff, float(np.quantile(start.to_numpy(), 1.0 - max_fraction)))
+    late = start.index[start.to_numpy() >= cutoff]
+    held = train["user"].isin(late).to_numpy()
+    return Split(
+        split.dataset,
+        train=train[~held].reset_index(drop=True),
+        valid=train.iloc[0:0],
+        test=train[held].reset_index(drop=True),
+        protocol=split.protocol,
+        seed=split.seed,
+    )
 
 
 class TwoStageRecommender(Recommender):
@@ -58,15 +93,35 @@ class TwoStageRecommender(Recommender):
         self.timings: dict[str, float] = {}
 
     def fit(self, split: Split) -> Self:
-        """Train the retriever (unless given trained), then the ranker on its candidates."""
+        """Train the retriever (unless given trained), then the ranker on its candidates.
+
+        On a session split (``protocol="sessions"``, no validation part) the ranker learns
+        from the last ``holdout_days`` of training sessions — every prefix → next click,
+        prefix items kept among the candidates — ranking the candidates of a retriever
+        trained on the sessions before them; it then serves the full retriever's candidates
+        with statistics refitted on all training sessions (:meth:`Ranker.refresh`).
+        """
         start = time.perf_counter()
         if self.retriever is None or self.retriever.n_items is None:
             self.retriever = TwoTowerRetriever(self.config.retriever).fit(split)
         self.timings["retriever_seconds"] = time.perf_counter() - start
         start = time.perf_counter()
-        self.ranker = Ranker(self.config.ranker).fit(
-            split, self.retriever, item_vectors=self.retriever.item_embeddings
-        )
+        if split.protocol == "sessions" and not len(split.valid):
+            from recsys.evaluation.sessions import session_events
+
+            inner = holdout_sessions(split, self.config.holdout_days)
+            early = TwoTowerRetriever(self.config.retriever).fit(inner)
+            self.timings["holdout_retriever_seconds"] = time.perf_counter() - start
+            events = session_events(inner, "test")
+            self.ranker = Ranker(self.config.ranker).fit(
+                inner, early, early.item_embeddings, events=events, keep_history=True
+            )
+            self.ranker.refresh(split, self.retriever, self.retriever.item_embeddings)
+            self.timings["ranker_events"] = float(len(events))
+        else:
+            self.ranker = Ranker(self.config.ranker).fit(
+                split, self.retriever, item_vectors=self.retriever.item_embeddings
+            )
         self.timings["ranker_seconds"] = time.perf_counter() - start
         self._fitted_on(split)
         return self
