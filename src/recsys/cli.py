@@ -437,6 +437,87 @@ def recommend_batch(
         typer.echo(f"{written} lists loaded into {redis_url}")
 
 
+@bench_app.command("sessions")
+def bench_sessions(
+    dataset: Annotated[str, typer.Option(help="yoochoose-sample")] = "yoochoose-sample",
+    stage: Annotated[str, typer.Option(help="test (train_full→test) | valid (tuning)")] = "test",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "sessions",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random tie-breaking.")] = 0,
+    max_events: Annotated[int | None, typer.Option(help="Only the first N events.")] = None,
+    recbole: Annotated[
+        list[str] | None, typer.Option(help="RecBole models beside ours (SASRec, GRU4Rec).")
+    ] = None,
+    recbole_python: Annotated[str, typer.Option(help="Python of the RecBole env.")] = (
+        "/tmp/recbole-venv/bin/python"
+    ),
+    recbole_epochs: Annotated[int, typer.Option(help="RecBole training epochs.")] = 10,
+    recbole_reuse: Annotated[
+        bool, typer.Option(help="Score RecBole lists an earlier run left (same epochs).")
+    ] = False,
+) -> None:
+    """Session protocol: every test-session prefix predicts its next click (served, no mask)."""
+    from recsys.bench.sequential import PeerSettings, run_sessions, sequential_table
+
+    if dataset != "yoochoose-sample":
+        _fail(ValueError(f"dataset: only 'yoochoose-sample' has sessions, not {dataset!r}"))
+    peers = PeerSettings(tuple(recbole or ()), recbole_python, recbole_epochs, reuse=recbole_reuse)
+    try:
+        report = run_sessions(out, stage, model, seed, max_events, peers)
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(sequential_table(report))
+    typer.echo(f"\nwrote {out / 'sessions.json'} and {out / 'sessions.md'}")
+
+
+@bench_app.command("next-event")
+def bench_next_event(
+    dataset: Annotated[str, typer.Option(help="ml-100k | ml-latest-small | synthetic")] = (
+        "ml-100k"
+    ),
+    protocol: Annotated[str, typer.Option(help="leave_last_out | temporal")] = "leave_last_out",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "next-event",
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random tie-breaking.")] = 0,
+    recbole: Annotated[
+        list[str] | None, typer.Option(help="RecBole models beside ours (SASRec, GRU4Rec).")
+    ] = None,
+    recbole_python: Annotated[str, typer.Option(help="Python of the RecBole env.")] = (
+        "/tmp/recbole-venv/bin/python"
+    ),
+    recbole_epochs: Annotated[int, typer.Option(help="RecBole training epochs.")] = 10,
+    recbole_reuse: Annotated[
+        bool, typer.Option(help="Score RecBole lists an earlier run left (same epochs).")
+    ] = False,
+) -> None:
+    """Next-event protocol: each test event predicted from the user's earlier events."""
+    from recsys.bench.sequential import PeerSettings, run_next_event, sequential_table
+
+    peers = PeerSettings(tuple(recbole or ()), recbole_python, recbole_epochs, reuse=recbole_reuse)
+    try:
+        report = run_next_event(dataset, protocol, out, model, seed, peers=peers)
+    except (RecsysError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(sequential_table(report))
+    typer.echo(f"\nwrote {out / 'next_event.json'} and {out / 'next_event.md'}")
+
+
+@bench_app.command("small-log")
+def bench_small_log(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_BENCH_DIR / "small-log",
+    seed: Annotated[list[int] | None, typer.Option(help="Log seeds (repeatable).")] = None,
+) -> None:
+    """Two-tower on synthetic small sparse session logs (3k sessions, 7k items, 12k clicks)."""
+    from recsys.bench.sequential import run_small_log
+
+    run_small_log(out, seed or [0, 1])
+    typer.echo((out / "small_log.md").read_text())
+
+
 def _train_split(dataset: str, protocol: str, seed: int):
     from recsys.data import load_dataset, make_split
 

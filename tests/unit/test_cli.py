@@ -76,7 +76,8 @@ def test_experiment_configs_validate() -> None:
     registry = load_registry()
     names = list(registry)
     assert names[:5] == ["popularity", "itemknn", "ease", "implicit_als", "implicit_bpr"]
-    assert names[-2:] == ["two_tower", "two_tower+ranker"]  # entries that reuse come last
+    # entries that reuse another come last
+    assert names[-2:] == ["two_tower+ranker", "two_tower_seq+ranker"]
     ease = registry["ease"]
     assert ease.create("ml-latest-small", registry, {}).config.l2 == 500.0
     assert ease.create("ml-100k", registry, {}).config.l2 == 250.0
