@@ -196,7 +196,10 @@ def test_two_workers_share_state_and_survive_redis_loss(exported, tmp_path):
         ]
         assert post(f"{s.url}/events", {"events": events})[0] == 200
         workers = set()
-        for _ in range(30):  # new connections: the OS spreads them over both workers
+        # New connections: the OS spreads them over the workers that are accepting. A worker
+        # still loading its engine accepts none yet, so keep asking until both have answered.
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline:
             with urllib.request.urlopen(
                 urllib.request.Request(
                     f"{s.url}/recommend",
