@@ -36,6 +36,7 @@ class _Connection:
     busy: bool = False
     started: float = 0.0
     path: str = ""
+    raw: bytes = b""
     expected: int | None = None
     header_end: int = -1
 
@@ -73,14 +74,18 @@ def run_load(
     parts = urlsplit(url)
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
     selector = selectors.DefaultSelector()
-    connections = []
-    for _ in range(concurrency):
+
+    def connect() -> socket.socket:
         sock = socket.create_connection(address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
-        conn = _Connection(sock)
+        return sock
+
+    connections = []
+    for _ in range(concurrency):
+        conn = _Connection(connect())
         connections.append(conn)
-        selector.register(sock, selectors.EVENT_READ, conn)
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
     latencies: list[float] = []
     statuses: list[int] = []
     paths: list[str] = []
@@ -92,7 +97,7 @@ def run_load(
     def dispatch(conn: _Connection, scheduled: float) -> None:
         nonlocal sent
         path, raw = requests[sent % len(requests)]
-        conn.busy, conn.started, conn.path = True, scheduled, path
+        conn.busy, conn.started, conn.path, conn.raw = True, scheduled, path, raw
         conn.buffer.clear()
         conn.expected, conn.header_end = None, -1
         conn.sock.sendall(raw)
@@ -118,7 +123,25 @@ def run_load(
             conn = key.data
             chunk = conn.sock.recv(65536)
             if not chunk:
-                raise ConnectionError("server closed a keep-alive connection")
+                # The server closed the connection (its keep-alive timeout, as with open-loop
+                # rates that leave connections idle): reopen it, as a browser does, and resend
+                # a request that got no byte back (it raced the close); a request cut off
+                # mid-response counts as failed.
+                retry = conn.busy and not conn.buffer
+                if conn.busy and not retry:
+                    latencies.append((time.perf_counter() - conn.started) * 1000.0)
+                    statuses.append(0)
+                    paths.append(conn.path)
+                    conn.busy = False
+                selector.unregister(conn.sock)
+                conn.sock.close()
+                conn.sock = connect()
+                conn.buffer.clear()
+                conn.expected, conn.header_end = None, -1
+                selector.register(conn.sock, selectors.EVENT_READ, conn)
+                if retry:
+                    conn.sock.sendall(conn.raw)
+                continue
             conn.buffer += chunk
             if conn.header_end < 0:
                 conn.header_end = conn.buffer.find(b"\r\n\r\n")

@@ -1,0 +1,44 @@
+"""The load generator survives a server that closes keep-alive connections."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+
+from recsys.bench.loadgen import _request_bytes, run_load
+
+
+class _CloseAfterOne(socketserver.StreamRequestHandler):
+    """Answers one request per connection, then closes it (a keep-alive timeout of zero)."""
+
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.request.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += self.request.recv(4096)
+        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+
+def test_closed_connections_are_reopened_and_every_request_answered() -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CloseAfterOne)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        raw = _request_bytes(f"{host}:{port}", "/recommend", {"k": 1}, "")
+        for rate in (None, 200.0):
+            result = run_load(f"http://{host}:{port}", [("/recommend", raw)], 12, 3, rate, 5.0)
+            assert result["status"] == [200] * 12
+    finally:
+        server.shutdown()
+        server.server_close()
