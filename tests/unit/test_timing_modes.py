@@ -108,4 +108,7 @@ def test_verdict_takes_the_cheapest_good_enough_mode():
     assert chosen["choice"] == "batch" and chosen["best_quality"] == "realtime"
     assert chosen["next_step"]["mode"] == "realtime"
     assert chosen["next_step"]["lift"] == pytest.approx(0.1 / 0.096 - 1)
-    assert verdict(modes, 10, 0.01)["choice"] == "realtime"
+    assert "batch is the cheapest architecture within 5%" in chosen["text"]
+    strict = verdict(modes, 10, 0.01)
+    assert strict["choice"] == "realtime" and "next_step" not in strict
+    assert strict["text"].startswith("realtime has the best ndcg@10 (0.1000)")

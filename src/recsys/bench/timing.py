@@ -302,11 +302,18 @@ def verdict(modes: dict[str, dict[str, Any]], k: int, tolerance: float) -> dict[
         "tolerance": tolerance,
         "cost_order": by_cost,
     }
-    words = (
-        f"{chosen} is the cheapest architecture within {tolerance:.0%} of the best "
-        f"{metric} ({best}: {modes[best][metric]:.4f}; {chosen}: {modes[chosen][metric]:.4f}, "
-        f"{modes[chosen]['cpu_ms_per_request']:.2f} CPU-ms per request)."
-    )
+    cost = f"{modes[chosen]['cpu_ms_per_request']:.2f} CPU-ms per request"
+    if chosen == best:
+        words = (
+            f"{chosen} has the best {metric} ({modes[best][metric]:.4f}) and is the cheapest "
+            f"mode within {tolerance:.0%} of it ({cost})."
+        )
+    else:
+        words = (
+            f"{chosen} is the cheapest architecture within {tolerance:.0%} of the best "
+            f"{metric} ({best}: {modes[best][metric]:.4f}; {chosen}: "
+            f"{modes[chosen][metric]:.4f}, {cost})."
+        )
     if step is not None:
         lift = modes[step][metric] / max(modes[chosen][metric], 1e-12) - 1.0
         extra = modes[step]["cpu_ms_per_request"] - modes[chosen]["cpu_ms_per_request"]
