@@ -107,7 +107,8 @@ def start_server(
     if model_tag:
         environment["RECSYS_MODEL_TAG"] = model_tag
     if log_dir is not None:
-        environment["RECSYS_LOG_DIR"] = str(log_dir)
+        # absolute: the server runs in the service folder, not in the caller's directory
+        environment["RECSYS_LOG_DIR"] = str(Path(log_dir).resolve())
     redis = None
     if workers > 1 and "RECSYS_REDIS_URL" not in environment:
         redis = start_redis()
