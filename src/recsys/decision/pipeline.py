@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -120,8 +120,15 @@ class DecisionRecord:
     context: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return asdict(self)
+        """JSON-ready dict (shallow: the fields are already plain values, lists and dicts).
+
+        ``dataclasses.asdict`` deep-copies every list element, a third of a millisecond per
+        served request here; the record is never mutated after it is made.
+        """
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(DecisionRecord))
 
 
 class DecisionLog:
