@@ -76,6 +76,39 @@ def test_dcn_per_candidate_logits():
     )
 
 
+def test_fused_bag_equals_the_mean_of_its_models_in_torch_and_numpy():
+    """The served bag (one batched pass, and its NumPy twin) gives the models' mean logit."""
+    from recsys.ranking.model import FusedDCNBag
+
+    torch.manual_seed(0)
+    models = [DCNRanker(n_dense=6, cross_layers=2, hidden=(8, 4)) for _ in range(3)]
+    for model in models:  # move the batch-norm statistics off their defaults
+        model.train()
+        model(torch.randn(4, 9, 6) * 3 + 1)
+        model.eval()
+    dense = torch.randn(2, 9, 6)
+    expected = torch.stack([m(dense) for m in models]).mean(dim=0).detach().numpy()
+    fused = FusedDCNBag(models)
+    np.testing.assert_allclose(fused(dense).detach().numpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fused.numpy_forward(dense.numpy()), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_time_affinity_dense_and_sparse_paths_agree(split, monkeypatch):
+    """The request path's dense (bin × item) read equals the sparse product it replaces."""
+    import recsys.ranking.features as features
+
+    feats = CandidateFeaturizer().fit(split)
+    queries = build_queries(split, np.arange(5))
+    cand = np.arange(20)
+    dense = [feats._time_affinity(q, cand) for q in queries]
+    monkeypatch.setattr(features, "_DENSE_TIME_CELLS", 0)
+    sparse_only = CandidateFeaturizer().fit(split)
+    assert sparse_only._dense_item_time() is None
+    for query, expected in zip(queries, dense, strict=True):
+        np.testing.assert_allclose(sparse_only._time_affinity(query, cand), expected, rtol=1e-5)
+    assert any(np.abs(row).sum() > 0 for row in dense)
+
+
 def test_features_are_named_and_frame_shaped(split):
     feats = CandidateFeaturizer().fit(split)
     queries = build_queries(split, np.arange(3))
@@ -107,6 +140,34 @@ def test_item_item_rows_read_only_the_candidates(split):
     assert np.diff(top.by_target.indptr).max() == 3
     kept = top.by_target[5].indices
     assert set(kept) == set(np.argsort(-np.abs(weights[:, 5]))[:3])
+
+
+def test_item_item_weighted_history_and_user_knn_match_dense_numpy(split):
+    """The compiled request-path loops give what the dense NumPy products give."""
+    from recsys.ranking.features import ItemItem
+
+    rng = np.random.default_rng(1)
+    weights = rng.normal(size=(40, 40)).astype(np.float32)
+    recency = np.zeros(40, dtype=np.float32)
+    recency[[2, 7, 30]] = [1.0, 0.5, 0.25]
+    targets = np.array([3, 7, 39, 0])
+    np.testing.assert_allclose(
+        ItemItem.from_source_major(weights, max_neighbors=40).score(recency, targets),
+        recency @ weights[:, targets],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    feats = CandidateFeaturizer().fit(split)
+    history = np.unique(split.train["item"].to_numpy()[:15])
+    cand = np.arange(split.dataset.n_items)
+    by_item = feats.users_of_item.toarray()  # item × user weights
+    sims = by_item[history].sum(axis=0) / 2.0
+    top = np.argsort(-sims, kind="stable")[: feats.config.user_neighbors]
+    top = top[sims[top] > 0]
+    expected = sims[top] @ feats.user_items.toarray()[top]
+    got = feats._user_knn(history, cand, 2.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert got.max() > 0
 
 
 def test_loading_a_ranker_leaves_the_global_rng_alone(tmp_path, two_stage):

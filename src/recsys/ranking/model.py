@@ -6,6 +6,7 @@ dim. Every candidate gets its own logit (B, C); candidates are never pooled into
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torchrec.modules.crossnet import LowRankCrossNet
@@ -167,6 +168,7 @@ class FusedDCNBag(nn.Module):
             bias = torch.stack([ls[j].bias for ls in linears])  # (K, out)
             self.register_buffer(f"mlp_w{j}", weight.transpose(1, 2).detach().contiguous())
             self.register_buffer(f"mlp_b{j}", bias.detach()[:, None, :])
+        self._arrays: dict[str, np.ndarray] | None = None
 
     def forward(self, dense: torch.Tensor) -> torch.Tensor:
         """(B, C) mean logits of the bag."""
@@ -190,3 +192,27 @@ class FusedDCNBag(nn.Module):
             if j < self.n_mlp - 1:
                 h = torch.relu(h)
         return (h + wide).mean(dim=0).reshape(b, c)
+
+    def numpy_forward(self, dense: np.ndarray) -> np.ndarray:
+        """:meth:`forward` in NumPy on CPU float32 arrays, for the request path.
+
+        The same stacked weights and the same arithmetic; per call it skips torch's
+        dispatcher, which costs more than the matmuls themselves at one request's
+        100 × F candidates (~0.2 ms → ~0.05 ms here).
+        """
+        if self._arrays is None:
+            self._arrays = {k: v.detach().cpu().numpy() for k, v in self.named_buffers()}
+        a = self._arrays
+        b, c, f = dense.shape
+        x = dense.reshape(1, b * c, f) * a["scale"] + a["shift"]  # (K, N, F)
+        wide = x @ a["wide_w"] + a["wide_b"]
+        x_l = x
+        for layer in range(self.n_layers):
+            low = x_l @ a[f"cross_v{layer}"]
+            x_l = x * (low @ a[f"cross_w{layer}"] + a[f"cross_b{layer}"]) + x_l
+        h = x_l
+        for j in range(self.n_mlp):
+            h = h @ a[f"mlp_w{j}"] + a[f"mlp_b{j}"]
+            if j < self.n_mlp - 1:
+                np.maximum(h, 0.0, out=h)
+        return (h + wide).mean(axis=0).reshape(b, c).astype(np.float32, copy=False)

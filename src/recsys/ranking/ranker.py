@@ -384,9 +384,13 @@ class Ranker:
         Padding (``cand < 0``) gets ``-inf``, so it sorts last.
         """
         device = torch.device(self.config.device)
+        fused = self._fused_bag() if models is None else None
+        if fused is not None and device.type == "cpu":
+            logits = fused.numpy_forward(np.asarray(dense, dtype=np.float32))
+            return np.where(np.asarray(cand) < 0, -np.inf, logits).astype(np.float32)
         x = torch.from_numpy(np.ascontiguousarray(dense)).to(device)
-        if models is None and self._fused_bag() is not None:
-            total = self._fused_bag()(x).cpu()  # type: ignore[misc]
+        if fused is not None:
+            total = fused(x).cpu()
         else:
             chosen = list(models) if models is not None else self.models
             ids = self._ids(slots, cand)
