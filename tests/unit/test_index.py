@@ -43,6 +43,26 @@ def test_exclude_refills_to_k(vectors):
     assert out.items.tolist() == top[250:270].tolist()
 
 
+def test_a_long_exclusion_list_is_filtered_inside_faiss_with_the_same_answer(vectors):
+    """Above the selector threshold the ID-selector path returns the exact filtered top-k."""
+    from recsys.retrieval.index import _SELECTOR_MIN_EXCLUDED
+
+    index = ItemIndex().build(vectors)
+    rng = np.random.default_rng(3)
+    queries = vectors[:4] + 0.05
+    short = rng.choice(2000, 10, replace=False)
+    long = np.concatenate([np.argsort(-(vectors @ queries[1]))[:200], rng.choice(2000, 400)])
+    assert len(np.unique(long)) > _SELECTOR_MIN_EXCLUDED
+    excludes = [short, long, [], np.arange(1990)]
+    out = index.search(queries, 25, excludes)
+    for row, (q, excluded) in enumerate(zip(queries, excludes, strict=True)):
+        scores = vectors @ q
+        scores[np.asarray(excluded, dtype=np.int64)] = -np.inf
+        expected = np.argsort(-scores, kind="stable")[: min(25, int(np.isfinite(scores).sum()))]
+        assert out[row].items.tolist() == expected.tolist()
+        np.testing.assert_allclose(out[row].scores, scores[expected], rtol=1e-5)
+
+
 def test_exclude_more_than_catalogue_allows(vectors):
     index = ItemIndex().build(vectors[:30])
     out = index.search_one(vectors[0], 10, exclude=np.arange(25))

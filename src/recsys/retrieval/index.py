@@ -25,6 +25,10 @@ from recsys.types import FloatArray, IntArray, ItemList
 
 npt_like = IntArray | Sequence[int]
 
+# above this many excluded items a flat search filters inside FAISS (ID selector) instead of
+# over-fetching (measured here: equal at ~300 excluded of 9.7k items, 3x faster at 900)
+_SELECTOR_MIN_EXCLUDED = 256
+
 
 class IndexConfig(ComponentConfig):
     """How item embeddings are indexed."""
@@ -119,6 +123,14 @@ class ItemIndex:
                 blocked[q], n_blocked[q] = mask, int(mask.sum())
         out: list[ItemList | None] = [None] * b
         pending = np.arange(b)
+        if self.config.kind == "flat":
+            # a long exclusion list (a heavy user's history) is cheaper to skip inside FAISS
+            # than to over-fetch by its length and filter afterwards
+            long = n_blocked > _SELECTOR_MIN_EXCLUDED
+            for q in np.flatnonzero(long):
+                out[q] = self._search_allowed(queries[q], k, blocked[q])  # type: ignore[arg-type]
+            pending = np.flatnonzero(~long)
+            n_blocked = np.where(long, 0, n_blocked)
         fetch = k + self.config.overfetch + int(n_blocked.max(initial=0))
         while len(pending):
             fetch = min(fetch, self.n_items)
@@ -139,6 +151,21 @@ class ItemIndex:
             pending = np.asarray(still, dtype=np.int64)
             fetch *= 2  # refill: ask again for more
         return [x if x is not None else ItemList.empty() for x in out]
+
+    def _search_allowed(self, query: FloatArray, k: int, blocked: np.ndarray) -> ItemList:
+        """Exact top-``k`` of one query among the items not ``blocked`` (FAISS ID selector)."""
+        allowed = np.packbits(~blocked, bitorder="little")
+        selector = faiss.IDSelectorBitmap(self.n_items, faiss.swig_ptr(allowed))
+        k = min(k, self.n_items - int(blocked.sum()))
+        if k <= 0:
+            return ItemList.empty()
+        scores, ids = self.index.search(
+            np.ascontiguousarray(query[None, :], dtype=np.float32),
+            k,
+            params=faiss.SearchParameters(sel=selector),
+        )
+        found = ids[0] >= 0
+        return ItemList(ids[0][found].astype(np.int64), scores[0][found])
 
     def search_one(self, query: FloatArray, k: int, exclude: npt_like | None = None) -> ItemList:
         """Top-``k`` for one query vector (D,)."""
