@@ -208,3 +208,40 @@ def test_batch_lists_load_into_redis_and_serve_from_there(server):
         assert served.recommend(user_id=user, k=5).items == split.dataset.item_index.to_ids(
             expected
         )
+
+
+def test_a_consent_check_and_the_profile_read_after_it_are_one_round_trip(store, data):
+    """A request checks consent and reads the profile: one pipelined round trip, while
+    writes, other threads and later reads still ask Redis for the current state."""
+    import threading
+
+    from recsys.features.ingest import RedisConsentRegistry
+
+    _, _, events = data
+    user = events[0].user_id
+    mine = [e for e in events if e.user_id == user]
+    store.apply(mine[:3])
+    consent = RedisConsentRegistry(store)
+    store.client.config_resetstat()
+    assert consent.allows(user)
+    profile = store.get_profile(user, now=mine[2].timestamp)
+    calls = _commands(store)
+    assert calls.get("hget") == 1 and calls.get("get") == 1 and calls.get("mget", 0) == 0
+    assert profile.event_count == 3
+    # the next read asks Redis again (the prefetch serves one read)
+    store.get_profile(user, now=mine[2].timestamp)
+    assert _commands(store).get("mget") == 1
+    # a write after a consent check folds onto the current state, never the prefetched one
+    consent.allows(user)
+    store.apply(mine[3:5])
+    store.apply(mine[5:6])
+    assert store.get_profile(user, now=mine[5].timestamp).event_count == 6
+    # another thread's profile read is not served from this thread's prefetch
+    consent.allows(user)
+    store.client.config_resetstat()
+    reader = threading.Thread(target=lambda: store.get_profile(user, now=mine[5].timestamp))
+    reader.start()
+    reader.join()
+    assert _commands(store).get("mget") == 1
+    store.get_profile(user, now=mine[5].timestamp)  # this thread's: from the prefetch
+    assert _commands(store).get("mget") == 1

@@ -89,8 +89,18 @@ class RedisConsentRegistry(ConsentRegistry):
             raise ConsentUnavailableError(str(exc)) from exc
 
     def allows(self, user_id: str) -> bool:
-        """Whether the user consents (raises :class:`ConsentUnavailableError`)."""
-        return self.allows_many([user_id])[0]
+        """Whether the user consents (raises :class:`ConsentUnavailableError`).
+
+        The same round trip reads the user's online state, which the profile read that
+        follows in this thread takes (:meth:`RedisStore.read_with_state`).
+        """
+        try:
+            value = self.store.read_with_state(
+                "consent get", str(user_id), lambda pipe: pipe.hget(self.key, str(user_id))
+            )
+        except StoreUnavailableError as exc:
+            raise ConsentUnavailableError(str(exc)) from exc
+        return self.default if value is None else value in (b"1", "1", 1)
 
     def allows_many(self, user_ids: Sequence[str]) -> list[bool]:
         """One HMGET for several users (raises :class:`ConsentUnavailableError`)."""

@@ -289,10 +289,14 @@ class OnlineStore(ABC):
         now = time.time() if now is None else float(now)
         ids = [str(u) for u in user_ids]
         try:
-            states = self._load(ids)
+            states = self._load_for_read(ids)
         except StoreUnavailableError as exc:
             return [self._fallback_profile(u, now, offline, str(exc)) for u in ids]
         return [UserProfile.from_state(u, states.get(u), now, self.config) for u in ids]
+
+    def _load_for_read(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """:meth:`_load` for a profile read (a backend may answer it from a prefetch)."""
+        return self._load(user_ids)
 
     def _fallback_profile(
         self, user_id: str, now: float, offline: Mapping[str, UserState] | None, error: str
@@ -367,6 +371,10 @@ class InProcessStore(OnlineStore):
         return len(self._states)
 
 
+# how long a state read alongside a consent check may serve the profile read that follows it
+PREFETCH_SECONDS = 0.05
+
+
 class RedisStore(OnlineStore):
     """Redis backend, shared by server workers and replicas.
 
@@ -409,6 +417,8 @@ class RedisStore(OnlineStore):
         self.key_ttl_seconds = key_ttl_seconds
         self.retry_after_seconds = retry_after_seconds
         self._open_until = 0.0
+        # (user_id, raw value, monotonic time) read alongside another command, per thread
+        self._prefetched = threading.local()
 
     def _key(self, user_id: str) -> str:
         return f"{self.prefix}u:{user_id}"
@@ -440,6 +450,10 @@ class RedisStore(OnlineStore):
         if not user_ids:
             return {}
         values = self._call("mget", lambda: self.client.mget([self._key(u) for u in user_ids]))
+        return self._decode(user_ids, values)
+
+    @staticmethod
+    def _decode(user_ids: Sequence[str], values: Sequence[Any]) -> dict[str, UserState]:
         out: dict[str, UserState] = {}
         for user_id, raw in zip(user_ids, values, strict=True):
             if raw is None:
@@ -452,9 +466,49 @@ class RedisStore(OnlineStore):
                 ) from exc
         return out
 
+    def read_with_state(self, what: str, user_id: str, command: Any) -> Any:
+        """Run ``command(pipeline)`` and read the user's state in the same round trip.
+
+        The state is kept for the next profile read of that user *in this thread* (within
+        :data:`PREFETCH_SECONDS`), which takes it instead of asking Redis again: a request
+        that checks consent and then reads the profile pays one round trip, not two. Writes
+        (:meth:`apply`) never use it: they always read the current state.
+
+        Args:
+            what: Name of the call for errors.
+            user_id: The user whose state to prefetch.
+            command: Adds one command to the pipeline; its reply is returned.
+
+        Raises:
+            StoreUnavailableError: Redis failed (nothing is kept).
+        """
+
+        def both() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            command(pipe)
+            pipe.get(self._key(user_id))
+            return pipe.execute()
+
+        reply, raw = self._call(what, both)
+        self._prefetched.value = (str(user_id), raw, time.monotonic())
+        return reply
+
+    def _load_for_read(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        kept = getattr(self._prefetched, "value", None)
+        self._prefetched.value = None
+        if (
+            kept is not None
+            and len(user_ids) == 1
+            and kept[0] == user_ids[0]
+            and time.monotonic() - kept[2] <= PREFETCH_SECONDS
+        ):
+            return self._decode(user_ids, [kept[1]])
+        return self._load(user_ids)
+
     def _save(self, states: Mapping[str, UserState]) -> None:
         if not states:
             return
+        self._prefetched.value = None  # this thread's prefetch predates the write
 
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
