@@ -21,6 +21,7 @@ Process layout (``ServingApp.from_env``):
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -166,6 +167,10 @@ class ServingApp:
             redis_url=redis_url,
         )
         inject_faults(engine, os.environ.get("RECSYS_FAULTS", ""))
+        # the loaded model is hundreds of thousands of long-lived objects: keep them out of
+        # the collector's generations, so a request never pays for a full traversal of them
+        gc.collect()
+        gc.freeze()
         metrics = ServiceMetrics(metrics_module) if metrics_module is not None else None
         return cls(engine, engine.ingestor.consent, metrics)
 
