@@ -128,6 +128,15 @@ class EngineConfig(ComponentConfig):
         "ranking was late). recommend_async() (the HTTP service) always does; serve() "
         "(benchmarks) never does. Off by default: the hand-off costs a thread switch.",
     )
+    stage_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads that run retrieval and ranking under the deadline. The stages "
+        "are CPU-bound and share the GIL: more threads only interleave requests (each "
+        "slower, the tail longer); two let one abandoned stage finish while the next "
+        "request runs.",
+    )
     decision_reserve_ms: float = Field(
         5.0, ge=0.0, description="Budget kept for the decision stage after a deadline."
     )
@@ -652,7 +661,9 @@ class Engine:
     def _stage_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="recsys-stage")
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.config.stage_threads, thread_name_prefix="recsys-stage"
+                )
             return self._pool
 
     def _decide(
