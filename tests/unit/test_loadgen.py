@@ -42,3 +42,51 @@ def test_closed_connections_are_reopened_and_every_request_answered() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _SlowKeepAlive(socketserver.StreamRequestHandler):
+    """Keep-alive, and 50 ms per answer: a server far behind the offered rate."""
+
+    def handle(self) -> None:
+        import time
+
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                chunk = self.request.recv(4096)
+                if not chunk:
+                    return
+                buffer += chunk
+            head, buffer = buffer.split(b"\r\n\r\n", 1)
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(buffer) < length:
+                buffer += self.request.recv(4096)
+            buffer = buffer[length:]
+            time.sleep(0.05)
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_the_open_loop_waits_for_a_busy_connection_instead_of_spinning() -> None:
+    """With every connection busy the client sleeps in select: it must not burn the CPU the
+    server it measures needs (it spun at 100 % of a core before)."""
+    import time
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SlowKeepAlive)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        raw = _request_bytes(f"{host}:{port}", "/recommend", {"k": 1}, "")
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = run_load(f"http://{host}:{port}", [("/recommend", raw)], 10, 1, 1000.0, 5.0)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        assert result["status"] == [200] * 10
+        assert wall >= 0.5  # ten answers, 50 ms each, on one connection
+        assert cpu < 0.5 * wall
+    finally:
+        server.shutdown()
+        server.server_close()

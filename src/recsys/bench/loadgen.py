@@ -8,7 +8,7 @@ Two modes:
 * **closed loop** (``--concurrency C``): C keep-alive connections, each sending its next
   request as soon as the previous answer arrives; latency = send → last byte.
 * **open loop** (``--rate R``): requests are *scheduled* at fixed intervals of 1/R s and
-  sent on the first free connection; latency is measured from the scheduled time, so a
+  sent on the free connection idle the longest; latency is measured from the scheduled time, so a
   server that falls behind is charged for the queueing it causes (no coordinated omission).
 
 Requests cycle through a JSON-lines file of ``{"path": ..., "body": {...}}`` (a mix of known
@@ -39,6 +39,7 @@ class _Connection:
     raw: bytes = b""
     expected: int | None = None
     header_end: int = -1
+    freed: float = 0.0  # when its last answer arrived (open loop: the oldest free goes next)
 
 
 def _request_bytes(host: str, path: str, body: dict, extra_headers: str) -> bytes:
@@ -112,12 +113,18 @@ def run_load(
                     if sent < total:
                         dispatch(conn, time.perf_counter())
             else:
+                # least recently used first, as a pool of independent clients would: reusing
+                # the last freed connection piles the load onto the few connections (and the
+                # one server worker) that happen to answer first
+                idle.sort(key=lambda c: c.freed, reverse=True)
                 due = start + sent * interval
                 while idle and sent < total and due <= now:
                     dispatch(idle.pop(), due)
                     due = start + sent * interval
         wait = 0.05
-        if interval is not None and sent < total:
+        if interval is not None and sent < total and any(not c.busy for c in connections):
+            # sleep until the next request is due; with every connection busy, until an answer
+            # frees one (a zero timeout there would spin, stealing the server's cores)
             wait = max(0.0, min(wait, start + sent * interval - time.perf_counter()))
         for key, _ in selector.select(timeout=wait):
             conn = key.data
@@ -159,7 +166,7 @@ def run_load(
                 latencies.append((done - conn.started) * 1000.0)
                 statuses.append(int(conn.buffer[9:12]))
                 paths.append(conn.path)
-                conn.busy = False
+                conn.busy, conn.freed = False, done
                 last_progress = done
         if time.perf_counter() - last_progress > timeout:
             missing = total - len(latencies)
