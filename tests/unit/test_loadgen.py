@@ -26,7 +26,10 @@ class _CloseAfterOne(socketserver.StreamRequestHandler):
         body = head.split(b"\r\n\r\n", 1)[1]
         while len(body) < length:
             body += self.request.recv(4096)
-        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        self.request.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n"
+            b"x-recsys-worker: 7\r\n\r\nok"
+        )
 
 
 def test_closed_connections_are_reopened_and_every_request_answered() -> None:
@@ -39,6 +42,10 @@ def test_closed_connections_are_reopened_and_every_request_answered() -> None:
         for rate in (None, 200.0):
             result = run_load(f"http://{host}:{port}", [("/recommend", raw)], 12, 3, rate, 5.0)
             assert result["status"] == [200] * 12
+            # every answer said "connection: close": the client reconnected before sending
+            # again, and it knows which worker answered
+            assert result["reconnects"] == 12
+            assert result["worker"] == ["7"] * 12
     finally:
         server.shutdown()
         server.server_close()

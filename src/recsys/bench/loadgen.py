@@ -40,6 +40,8 @@ class _Connection:
     expected: int | None = None
     header_end: int = -1
     freed: float = 0.0  # when its last answer arrived (open loop: the oldest free goes next)
+    worker: str = ""  # the x-recsys-worker header of the answer being read
+    closing: bool = False  # the answer being read says connection: close
 
 
 def _request_bytes(host: str, path: str, body: dict, extra_headers: str) -> bytes:
@@ -70,7 +72,9 @@ def run_load(
         timeout: Seconds without progress before the run is abandoned (errors recorded).
 
     Returns:
-        ``{"wall_seconds", "latency_ms", "status", "path"}`` (lists aligned by request).
+        ``{"wall_seconds", "latency_ms", "status", "path", "worker"}`` (lists aligned by
+        request; ``worker`` is the answer's ``x-recsys-worker`` header) and ``reconnects``,
+        the connections the server asked to close.
     """
     parts = urlsplit(url)
     address = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -82,6 +86,14 @@ def run_load(
         sock.setblocking(False)
         return sock
 
+    def reopen(conn: _Connection) -> None:
+        selector.unregister(conn.sock)
+        conn.sock.close()
+        conn.sock = connect()
+        conn.buffer.clear()
+        conn.expected, conn.header_end, conn.closing = None, -1, False
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+
     connections = []
     for _ in range(concurrency):
         conn = _Connection(connect())
@@ -90,6 +102,8 @@ def run_load(
     latencies: list[float] = []
     statuses: list[int] = []
     paths: list[str] = []
+    workers: list[str] = []
+    reconnects = 0
     sent = 0
     start = time.perf_counter()
     last_progress = start
@@ -139,13 +153,9 @@ def run_load(
                     latencies.append((time.perf_counter() - conn.started) * 1000.0)
                     statuses.append(0)
                     paths.append(conn.path)
+                    workers.append("")
                     conn.busy = False
-                selector.unregister(conn.sock)
-                conn.sock.close()
-                conn.sock = connect()
-                conn.buffer.clear()
-                conn.expected, conn.header_end = None, -1
-                selector.register(conn.sock, selectors.EVENT_READ, conn)
+                reopen(conn)
                 if retry:
                     conn.sock.sendall(conn.raw)
                 continue
@@ -155,30 +165,42 @@ def run_load(
                 if conn.header_end < 0:
                     continue
                 head = bytes(conn.buffer[: conn.header_end]).decode("latin-1").lower()
-                length = next(
-                    (int(line.split(":", 1)[1]) for line in head.split("\r\n")
-                     if line.startswith("content-length:")),
-                    0,
-                )  # fmt: skip
-                conn.expected = conn.header_end + 4 + length
+                fields = dict(line.split(":", 1) for line in head.split("\r\n")[1:] if ":" in line)
+                conn.expected = conn.header_end + 4 + int(fields.get("content-length", 0))
+                conn.worker = fields.get("x-recsys-worker", "").strip()
+                conn.closing = "close" in fields.get("connection", "")
             if conn.expected is not None and len(conn.buffer) >= conn.expected:
                 done = time.perf_counter()
                 latencies.append((done - conn.started) * 1000.0)
                 statuses.append(int(conn.buffer[9:12]))
                 paths.append(conn.path)
+                workers.append(conn.worker)
                 conn.busy, conn.freed = False, done
                 last_progress = done
+                if conn.closing:
+                    # the server asked to close (HTTP/1.1: no further request may go on
+                    # this connection): reconnect now, as an HTTP client does
+                    reconnects += 1
+                    reopen(conn)
         if time.perf_counter() - last_progress > timeout:
             missing = total - len(latencies)
             latencies += [timeout * 1000.0] * missing
             statuses += [0] * missing
             paths += ["(timeout)"] * missing
+            workers += [""] * missing
             break
     wall = time.perf_counter() - start
     for conn in connections:
         selector.unregister(conn.sock)
         conn.sock.close()
-    return {"wall_seconds": wall, "latency_ms": latencies, "status": statuses, "path": paths}
+    return {
+        "wall_seconds": wall,
+        "latency_ms": latencies,
+        "status": statuses,
+        "path": paths,
+        "worker": workers,
+        "reconnects": reconnects,
+    }
 
 
 def load_requests(path: Path, host: str, api_key: str | None = None) -> list[tuple[str, bytes]]:
