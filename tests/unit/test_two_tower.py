@@ -160,6 +160,32 @@ def test_fresh_history_changes_recommendations(trained):
     assert a.items.tolist() != b.items.tolist()
 
 
+def _torch_user_vectors(retriever, queries):
+    with torch.inference_mode():
+        return retriever.model.user_tower(retriever._query_kjt(queries)).numpy()
+
+
+def test_served_user_tower_is_the_trained_torch_tower(split, trained):
+    assert trained._frozen_user is not None  # a CPU bag tower serves through NumPy
+    queries = build_queries(split, np.arange(30))
+    odd = [Query(), Query(user=10_000, history=np.array([3, 3, 5])), Query(user=2)]
+    for batch in (queries, odd, queries[:1], odd[1:2]):
+        np.testing.assert_allclose(
+            trained.user_embeddings(batch), _torch_user_vectors(trained, batch), atol=2e-6
+        )
+
+
+def test_served_user_tower_follows_training(split):
+    r = TwoTowerRetriever(TwoTowerConfig(**TINY)).prepare(split)
+    queries = build_queries(split, np.arange(8))
+    r.train_epoch()
+    before = r.user_embeddings(queries)
+    r.train_epoch()
+    after = r.user_embeddings(queries)
+    assert np.abs(after - before).max() > 1e-4  # the weights moved: so did the served tower
+    np.testing.assert_allclose(after, _torch_user_vectors(r, queries), atol=2e-6)
+
+
 def test_train_epoch_api(split):
     r = TwoTowerRetriever(TwoTowerConfig(**TINY)).prepare(split)
     first = r.train_epoch()

@@ -311,6 +311,13 @@ class TwoTowerFeatures:
         self, user_slots: IntArray, histories: Sequence[IntArray], context_rows: Sequence[list[int]]
     ) -> KeyedJaggedTensor:
         """KJT from user slots (index + 1, 0 = unknown), history bags and context indices."""
+        parts = self.user_parts(user_slots, histories, context_rows)
+        return _kjt([s.name for s in self.user_specs()], parts)
+
+    def user_parts(
+        self, user_slots: IntArray, histories: Sequence[IntArray], context_rows: Sequence[list[int]]
+    ) -> list[tuple[IntArray, IntArray]]:
+        """The user tower's input as one ``(values, lengths)`` pair per feature (KJT order)."""
         n = len(user_slots)
         ones = np.ones(n, dtype=np.int64)
         hist_lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n)
@@ -329,7 +336,7 @@ class TwoTowerFeatures:
         ctx = np.asarray(context_rows, dtype=np.int64).reshape(n, len(self.context))
         for j in range(len(self.context)):
             parts.append((ctx[:, j], ones))
-        return _kjt([s.name for s in self.user_specs()], parts)
+        return parts
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from recsys.features.definitions import user_contexts
 from recsys.retrieval.base import Recommender
 from recsys.retrieval.index import IndexConfig, ItemIndex
 from recsys.retrieval.two_tower.features import TwoTowerFeatures
-from recsys.retrieval.two_tower.model import TwoTowerModel
+from recsys.retrieval.two_tower.model import FrozenTower, TwoTowerModel
 from recsys.retrieval.two_tower.runtime import with_config_threads
 from recsys.retrieval.two_tower.sequence import (
     SequenceData,
@@ -234,6 +234,7 @@ class TwoTowerRetriever(Recommender):
         self.baselines_valid: dict[str, float] = {}
         self.popularity_fallback = False
         self._popularity: FloatArray | None = None
+        self._frozen_user: FrozenTower | None = None
 
     @property
     def device(self) -> torch.device:
@@ -518,9 +519,19 @@ class TwoTowerRetriever(Recommender):
             chunks.append(self.model.item_tower(kjt).cpu().numpy())
         self.item_embeddings = np.concatenate(chunks).astype(np.float32)
         self.index = ItemIndex(self.config.index).build(self.item_embeddings)
+        self._frozen_user = None
+        if not self.sequential and self.device.type == "cpu":
+            self._frozen_user = FrozenTower.of(self.model.user_tower)  # type: ignore[arg-type]
         return self.item_embeddings
 
     def _query_kjt(self, queries: Sequence[Query]) -> Any:
+        assert self.features is not None
+        return self.features.encode_users(*self._query_inputs(queries)).to(self.device)
+
+    def _query_inputs(
+        self, queries: Sequence[Query]
+    ) -> tuple[IntArray, list[IntArray], list[list[int]]]:
+        """User slots (index + 1, 0 = unknown or ids off), history bags, context rows."""
         assert self.features is not None
         slots = np.asarray(
             [
@@ -535,7 +546,7 @@ class TwoTowerRetriever(Recommender):
         )
         hist = self.features.histories_of(queries)
         ctx = [self.features.context_row(q.context) for q in queries]
-        return self.features.encode_users(slots, hist, ctx).to(self.device)
+        return slots, hist, ctx
 
     @with_config_threads
     def user_embeddings(self, queries: Sequence[Query]) -> FloatArray:
@@ -551,6 +562,9 @@ class TwoTowerRetriever(Recommender):
             return np.zeros((0, self.config.embedding_size), dtype=np.float32)
         if self.sequential:
             return self._encode_sequences(queries)
+        if self._frozen_user is not None:  # CPU: the same tower without TorchRec's dispatch
+            assert self.features is not None
+            return self._frozen_user(self.features.user_parts(*self._query_inputs(queries)))
         return self.model.user_tower(self._query_kjt(queries)).cpu().numpy().astype(np.float32)
 
     def _encode_sequences(self, queries: Sequence[Query]) -> FloatArray:
