@@ -186,8 +186,9 @@ class ItemItem:
 
     ``score(in_history, targets)[c] = Σ_{j ∈ history} W[j, targets[c]]`` over the kept
     sources, in O(len(targets) · max_neighbors) — independent of the catalogue size. The
-    rows are kept padded to one width (ELL layout: padding has weight 0), so a request is one
-    compiled pass over the candidates' rows (:func:`recsys.ranking.kernels.ell_row_sums`).
+    rows are kept left-aligned in one width (ELL layout) with their lengths, so a request is
+    one compiled pass over the candidates' stored entries
+    (:func:`recsys.ranking.kernels.ell_row_sums`).
 
     Args:
         by_target: CSR (n_items × n_items); row ``t`` holds the weights of target ``t``'s
@@ -200,6 +201,7 @@ class ItemItem:
         n = self.by_target.shape[0]
         lengths = np.diff(self.by_target.indptr)
         width = max(1, int(lengths.max(initial=0)))
+        self._lengths = lengths.astype(np.int32)
         self._sources = np.zeros((n, width), dtype=np.int32)
         self._weights = np.zeros((n, width), dtype=np.float32)
         rows = np.repeat(np.arange(n), lengths)
@@ -233,7 +235,11 @@ class ItemItem:
         ``in_history`` may also hold a weight per source (e.g. how recent its click was).
         """
         return kernels.ell_row_sums(
-            in_history, self._sources, self._weights, np.asarray(targets, dtype=np.int64)
+            in_history,
+            self._sources,
+            self._weights,
+            self._lengths,
+            np.asarray(targets, dtype=np.int64),
         )
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:

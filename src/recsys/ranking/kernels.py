@@ -18,15 +18,22 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def ell_row_sums(
-    in_history: np.ndarray, sources: np.ndarray, weights: np.ndarray, targets: np.ndarray
+    in_history: np.ndarray,
+    sources: np.ndarray,
+    weights: np.ndarray,
+    lengths: np.ndarray,
+    targets: np.ndarray,
 ) -> np.ndarray:  # pragma: no cover - compiled
-    """``out[c] = Σ_j weights[t, j] · in_history[sources[t, j]]`` for ``t = targets[c]``."""
+    """``out[c] = Σ_{j < lengths[t]} weights[t, j] · in_history[sources[t, j]]``, t = targets[c].
+
+    Rows are left-aligned; reading only a row's stored length skips its padding (a sequential
+    statistic keeps ~40 of a 500-wide row on average: reading the padding was 90% of its cost).
+    """
     out = np.zeros(len(targets), dtype=np.float32)
-    width = sources.shape[1]
     for c in range(len(targets)):
         t = targets[c]
         total = 0.0  # float64: the weights have both signs (EASE)
-        for j in range(width):  # branch-free: the row is read in full either way
+        for j in range(lengths[t]):
             total += weights[t, j] * in_history[sources[t, j]]
         out[c] = total
     return out
@@ -74,9 +81,10 @@ def warm_up() -> None:
     """Compile (or load from the disk cache) every kernel for the dtypes the features use."""
     sources = np.zeros((2, 2), dtype=np.int32)
     weights = np.zeros((2, 2), dtype=np.float32)
+    lengths = np.zeros(2, dtype=np.int32)
     targets = np.zeros(1, dtype=np.int64)
-    ell_row_sums(np.zeros(2, dtype=np.bool_), sources, weights, targets)
-    ell_row_sums(np.zeros(2, dtype=np.float32), sources, weights, targets)
+    ell_row_sums(np.zeros(2, dtype=np.bool_), sources, weights, lengths, targets)
+    ell_row_sums(np.zeros(2, dtype=np.float32), sources, weights, lengths, targets)
     indptr = np.zeros(3, dtype=np.int32)
     index = np.zeros(0, dtype=np.int32)
     values = np.zeros(0, dtype=np.float32)
