@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import numpy as np
@@ -144,26 +145,33 @@ def test_ranking_is_its_own_stage_and_is_skipped_past_the_budget(parts) -> None:
     assert len(answer.items) == 5
 
 
+def _busy(seconds: float) -> None:
+    """Pure-Python work (no sleep, no C call that releases the GIL)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.mark.parametrize("mechanism", ["alarm", "thread"])
+@pytest.mark.parametrize("stall", ["sleep", "compute"])
 @pytest.mark.parametrize("path", ["sync", "async"])
 @pytest.mark.parametrize("late", ["retrieval", "ranking"])
-def test_a_stage_past_the_budget_is_abandoned(parts, late, path) -> None:
+def test_a_stage_past_the_budget_is_abandoned(parts, late, path, stall, mechanism) -> None:
     """The budget binds: the answer comes at the deadline, not when the slow stage ends."""
     split, ease, pop = parts
 
     def slow(stage):
         def call(*args):
             if stage == late:
-                time.sleep(0.5)
+                time.sleep(0.5) if stall == "sleep" else _busy(0.5)
             return ease(*args) if stage == "retrieval" else args[1]
 
         return call
 
-    engine = _engine(
-        parts,
-        retriever=slow("retrieval"),
-        ranker=slow("ranking"),
-        config=EngineConfig(budget_ms=40.0, decision_reserve_ms=5.0, enforce_budget=True),
+    config = EngineConfig(
+        budget_ms=40.0, decision_reserve_ms=5.0, enforce_budget=True, deadline=mechanism
     )
+    engine = _engine(parts, retriever=slow("retrieval"), ranker=slow("ranking"), config=config)
     history = _history(split, 4)
     start = time.perf_counter()
     if path == "sync":
@@ -427,3 +435,27 @@ def test_build_engine_reads_the_store_it_is_given_even_when_empty(parts) -> None
     Ingestor(store).ingest([{"user_id": "newcomer", "item_id": "i3", "timestamp": 1.7e9}])
     query = engine.query_for("newcomer", now=1.7e9 + 1)
     assert query.history.tolist() == [split.dataset.item_index.index("i3")]
+
+
+def test_off_the_main_thread_the_alarm_falls_back_to_the_stage_thread(parts) -> None:
+    split, ease, _ = parts
+
+    def sleepy(*args):
+        time.sleep(0.5)
+        return ease(*args)
+
+    config = EngineConfig(budget_ms=40.0, decision_reserve_ms=5.0, enforce_budget=True)
+    assert config.deadline == "alarm"
+    engine = _engine(parts, retriever=sleepy, config=config)
+    answers, elapsed = [], []
+
+    def request() -> None:
+        start = time.perf_counter()
+        answers.append(engine.recommend(history=_history(split, 4), k=5))
+        elapsed.append(time.perf_counter() - start)
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    worker.join()
+    assert answers[0].fallback == "retrieval abandoned at the 40 ms budget"
+    assert elapsed[0] < 0.4
