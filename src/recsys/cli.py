@@ -342,7 +342,12 @@ def bench_serve(
     model: Annotated[str, typer.Option(help="Registered model to serve.")] = "two_tower+ranker",
     tag: Annotated[str | None, typer.Option(help="An exported engine's tag.")] = None,
     url: Annotated[str | None, typer.Option(help="Drive a running server instead.")] = None,
-    workers: Annotated[int, typer.Option(help="bentoml serve workers.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="bentoml serve workers (three keep two cores busy while one waits on Redis)."
+        ),
+    ] = 3,
     requests: Annotated[int, typer.Option(help="Requests per concurrency level.")] = 2000,
     rate: Annotated[
         list[float] | None, typer.Option("--rate", help="Open-loop rates (repeatable).")

@@ -7,6 +7,7 @@ faults) and driven over HTTP.
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
 import time
@@ -212,6 +213,20 @@ def test_two_workers_share_state_and_survive_redis_loss(exported, tmp_path):
                 answer = __import__("json").loads(response.read())
             assert not set(answer["items"]) & set(clicked)  # every worker saw the events
         assert len(workers) == 2
+        # one keep-alive client: now and then told to reconnect, so its connection is re-spread
+        host, port = s.url.removeprefix("http://").split(":")
+        connection, closes = http.client.HTTPConnection(host, int(port), timeout=10), 0
+        for _ in range(200):
+            connection.request(
+                "POST", "/recommend", f'{{"user_id": "{user}", "k": 5}}',
+                {"content-type": "application/json"},
+            )  # fmt: skip
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            closes += response.headers.get("connection", "").lower() == "close"
+        connection.close()
+        assert 0 < closes < 40  # about one in RECSYS_KEEPALIVE_REQUESTS (20)
         s.redis.kill()  # the shared store goes away mid-run
         for _ in range(5):
             status, answer = post(f"{s.url}/recommend", {"user_id": user, "k": 5})

@@ -18,6 +18,7 @@ from recsys.serving.api import (
     ConsentRequest,
     EventsRequest,
     ForgetRequest,
+    KeepAliveLimitMiddleware,
     RecommendRequest,
     ServiceUnavailableError,
     ServingApp,
@@ -202,6 +203,30 @@ def test_api_key_middleware_guards_everything_but_probes():
     assert call("/events", [(b"authorization", b"Bearer s3cret")]) == 200
     assert call("/healthz") == 200 and call("/metrics") == 200
     assert calls == ["/recommend", "/events", "/healthz", "/metrics"]
+
+
+def test_keep_alive_limit_closes_about_one_connection_in_mean_requests():
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def closes(middleware, scope_type="http"):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(middleware({"type": scope_type, "path": "/recommend"}, None, send))
+        assert sent[1]["type"] == "http.response.body"  # the body passes untouched
+        return (b"connection", b"close") in sent[0]["headers"]
+
+    every = KeepAliveLimitMiddleware(inner, mean_requests=1)
+    assert closes(every) and not closes(every, scope_type="lifespan")
+    sometimes = KeepAliveLimitMiddleware(inner, mean_requests=20, seed=3)
+    closed = sum(closes(sometimes) for _ in range(4000))
+    assert 150 < closed < 250  # 200 expected; binomial sd 14
+    with pytest.raises(ValueError, match="mean_requests"):
+        KeepAliveLimitMiddleware(inner, mean_requests=0)
 
 
 def test_faults_are_parsed_strictly_and_wrap_the_stages(trained, tmp_path):

@@ -150,7 +150,7 @@ def run_serve_bench(
     model: str = "two_tower+ranker",
     tag: str | None = None,
     url: str | None = None,
-    workers: int = 2,
+    workers: int = 3,
     concurrencies: Sequence[int] = (1, 8, 32),
     requests_per_level: int = 2000,
     rates: Sequence[float] = (100, 200, 300, 400, 500, 600, 700, 800),

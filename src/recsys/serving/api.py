@@ -16,6 +16,8 @@ Process layout (``ServingApp.from_env``):
   by the workers) and ``decisions/`` (one decision-log file per worker);
 * ``RECSYS_API_KEY``: when set, every endpoint but health and metrics needs it
   (:class:`ApiKeyMiddleware`);
+* ``RECSYS_DEADLINE`` (``alarm`` or ``thread``): how the latency budget binds
+  (``EngineConfig.deadline``; the exported engine's setting when unset);
 * ``RECSYS_FAULTS``: fault injection for reliability tests (:mod:`recsys.serving.faults`).
 """
 
@@ -26,6 +28,7 @@ import hmac
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +169,10 @@ class ServingApp:
             decision_log=DecisionLog(log_dir / "decisions", max_in_memory=0),
             redis_url=redis_url,
         )
+        if mechanism := os.environ.get("RECSYS_DEADLINE"):
+            if mechanism not in ("alarm", "thread"):
+                raise RecsysError(f"RECSYS_DEADLINE: use alarm or thread, got {mechanism!r}")
+            engine.config = engine.config.model_copy(update={"deadline": mechanism})
         inject_faults(engine, os.environ.get("RECSYS_FAULTS", ""))
         # the loaded model is hundreds of thousands of long-lived objects: keep them out of
         # the collector's generations, so a request never pays for a full traversal of them
@@ -388,3 +395,37 @@ class WorkerIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, tagged)
+
+
+class KeepAliveLimitMiddleware:
+    """ASGI middleware: close a keep-alive connection after ``mean_requests`` answers on average.
+
+    ``bentoml serve`` runs its workers on one shared listening socket, and a worker that
+    wakes to a burst of connections accepts them all: a client opening 16 keep-alive
+    connections at once was measured with all 16 on one worker of two, which then carries
+    the whole load while the other idles. Asking clients to reconnect now and then (what
+    nginx's ``keepalive_requests`` does) re-spreads the connections, and the worker idle
+    in its poll is the one that accepts the new connection. Each answer closes its
+    connection with probability ``1 / mean_requests`` (stateless: no per-connection book).
+    """
+
+    def __init__(self, app: Any, mean_requests: int, seed: int | None = None) -> None:
+        if mean_requests < 1:
+            raise ValueError(f"mean_requests: must be at least 1, got {mean_requests}")
+        self.app = app
+        self.probability = 1.0 / mean_requests
+        self.random = random.Random(seed)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Pass the request through; now and then, with ``connection: close``."""
+        if scope.get("type") != "http" or self.random.random() >= self.probability:
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, closing)

@@ -4,7 +4,8 @@ The HTTP service's event loop runs on each worker's main thread. Handing retriev
 to a stage thread made the budget binding, but the stages are CPU-bound under the same GIL as
 the loop, so every socket read or Redis reply of the loop waited for the stage thread to drop
 the GIL (up to the 5 ms switch interval): measured on ml-latest-small with two workers at
-300 requests/s, p99 118 ms with the stage thread against 36 ms with the stages on the loop.
+250 requests/s, p99 59 ms with the stage thread against 33 ms with the stages on the loop
+(``RECSYS_DEADLINE=thread|alarm recsys bench serve``).
 
 :func:`deadline` keeps the stages on the loop's thread and still binds: an interval timer
 (``setitimer(ITIMER_REAL)``, wall clock) raises :class:`DeadlineExceeded` inside whatever
