@@ -97,3 +97,24 @@ def test_the_open_loop_waits_for_a_busy_connection_instead_of_spinning() -> None
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_serve_table_names_the_client_workers_and_server_settings():
+    from recsys.bench.serve import serve_table
+
+    stats = {"requests_per_second": 300.0, "p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 20.0}
+    report = {
+        "model": {"model": "ease", "dataset": "ml-latest-small", "n_items": 9742},
+        "workers": 3,
+        "client": "recsys.bench.loadgen",
+        "host_load_1min": 0.5,
+        "server_settings": {"RECSYS_DEADLINE": "thread"},
+        "closed_loop": {"1": {"all": {**stats, "errors": 0}, "recommend": stats}},
+        "open_loop": {"300": {**stats, "errors": 0, "busiest_worker_share": 0.4}},
+        "capacity_requests_per_second": 300.0,
+        "budget_ms": 50.0,
+    }
+    table = serve_table(report)
+    assert "3 workers, client: recsys.bench.loadgen" in table
+    assert "server settings: RECSYS_DEADLINE=thread" in table
+    assert "| 300 | 300 | 5.00 | 20.00 | 0 | 40% |" in table

@@ -174,6 +174,10 @@ def run_serve_bench(
         "client": "recsys.bench.loadgen (non-blocking keep-alive sockets, own process)",
         "budget_ms": BUDGET_MS,
         "workers": workers,
+        # the started service's speed knobs (bentos/personalisation/README.md); unknown at --url
+        "server_settings": {}
+        if url is not None
+        else {name: os.environ.get(name, default) for name, default in SERVER_SETTINGS.items()},
         "host_load_1min": os.getloadavg()[0],
         "versions": package_versions(),
     }
@@ -236,6 +240,15 @@ def run_serve_bench(
     return report
 
 
+#: The service's environment knobs that change its speed, with the service's defaults.
+SERVER_SETTINGS = {
+    "RECSYS_DEADLINE": "alarm",
+    "RECSYS_KEEPALIVE_REQUESTS": "20 with several workers",
+    "RECSYS_TRACING": "0",
+    "RECSYS_ACCESS_LOG": "0",
+}
+
+
 def serve_table(report: dict[str, Any]) -> str:
     """Markdown summary of a serve report."""
     model = report.get("model", {})
@@ -243,6 +256,9 @@ def serve_table(report: dict[str, Any]) -> str:
         f"**{model.get('model', '?')}** on {model.get('dataset', '?')} "
         f"({model.get('n_items', '?')} items), {report['workers']} workers, "
         f"client: {report['client']}, host load {report['host_load_1min']:.1f}",
+        "",
+        "server settings: "
+        + (", ".join(f"{k}={v}" for k, v in report.get("server_settings", {}).items()) or "-"),
         "",
         "| concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | /recommend p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|",
