@@ -116,6 +116,8 @@ def test_health_and_metrics(server):
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert "recsys_stage_seconds" in text and 'recsys_fallbacks_total{reason="cold_start"}' in text
+    # the worker's loop runs on its main thread: the budget binds by the alarm, not a thread
+    assert 'recsys_workers_by_deadline_total{mechanism="alarm"} 1.0' in text
 
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):

@@ -179,6 +179,10 @@ class ServingApp:
         gc.collect()
         gc.freeze()
         metrics = ServiceMetrics(metrics_module) if metrics_module is not None else None
+        mechanism = engine.deadline_mechanism()
+        log.info("latency budget of %.0f ms binds by %s", engine.config.budget_ms, mechanism)
+        if metrics is not None:
+            metrics.workers_by_deadline.labels(mechanism=mechanism).inc()
         return cls(engine, engine.ingestor.consent, metrics)
 
     # ------------------------------------------------------------------ endpoints
@@ -304,6 +308,11 @@ class ServiceMetrics:
             name="recsys_events",
             documentation="Events posted to /events, by outcome.",
             labelnames=["outcome"],
+        )
+        self.workers_by_deadline = prometheus.Counter(
+            name="recsys_workers_by_deadline",
+            documentation="Workers started, by how their latency budget binds (alarm, thread).",
+            labelnames=["mechanism"],
         )
 
     def observe(self, answer: Any) -> None:

@@ -424,6 +424,10 @@ class Engine:
                 request.result = self._abandoned(request.progress)
         return self._finish(request)
 
+    def deadline_mechanism(self) -> Literal["alarm", "thread"]:
+        """How a binding budget is enforced for calls from this thread (see ``config.deadline``)."""
+        return "alarm" if self._alarm_deadline() else "thread"
+
     def _alarm_deadline(self) -> bool:
         """Whether this call binds its budget with the alarm (config, and a thread that can)."""
         return self.config.deadline == "alarm" and deadline.available()
