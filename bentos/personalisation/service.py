@@ -28,9 +28,12 @@ from recsys.serving.api import (
     ServiceUnavailableError,
     ServingApp,
     WorkerIdMiddleware,
+    service_settings,
 )
 
 MODEL_TAG = os.environ.get("RECSYS_MODEL_TAG", "recsys-engine:latest")
+WORKERS = int(os.environ.get("RECSYS_WORKERS", "1"))
+SETTINGS = service_settings(os.environ, WORKERS)
 UNTRACED_PATHS = ["/recommend", "/events", "/forget", "/consent"]
 
 
@@ -40,17 +43,15 @@ def _unavailable(exc: Exception) -> JSONResponse:
 
 @bentoml.service(
     name="personalisation",
-    workers=int(os.environ.get("RECSYS_WORKERS", "1")),
+    workers=WORKERS,
     traffic={"timeout": 10},
     # one log line per request costs CPU at every request; /metrics counts them instead
-    logging={"access": {"enabled": os.environ.get("RECSYS_ACCESS_LOG", "0") == "1"}},
+    logging={"access": {"enabled": SETTINGS["RECSYS_ACCESS_LOG"] == "1"}},
     # BentoML samples no trace by default (tracing.sample_rate 0) yet its OpenTelemetry
     # middleware builds a span per request: 4.3 -> 3.7 ms of server CPU a request without it
     # (two workers at 300 req/s, ml-latest-small), and p99 35 -> 11 ms.
     # RECSYS_TRACING=1 keeps every endpoint traced, for a deployment that exports traces.
-    tracing={
-        "excluded_urls": [] if os.environ.get("RECSYS_TRACING", "0") == "1" else UNTRACED_PATHS
-    },
+    tracing={"excluded_urls": [] if SETTINGS["RECSYS_TRACING"] == "1" else UNTRACED_PATHS},
 )
 class Personalisation:
     """Recommendations, event ingestion, erasure and consent over HTTP."""
@@ -94,8 +95,7 @@ class Personalisation:
 Personalisation.add_asgi_middleware(JsonOnlyMiddleware)
 Personalisation.add_asgi_middleware(WorkerIdMiddleware)
 # several workers share one listening socket: re-spread keep-alive connections over them
-_workers = int(os.environ.get("RECSYS_WORKERS", "1"))
-if keepalive := int(os.environ.get("RECSYS_KEEPALIVE_REQUESTS", "20" if _workers > 1 else "0")):
+if keepalive := int(SETTINGS["RECSYS_KEEPALIVE_REQUESTS"]):
     Personalisation.add_asgi_middleware(KeepAliveLimitMiddleware, mean_requests=keepalive)
 if key := os.environ.get("RECSYS_API_KEY"):
     Personalisation.add_asgi_middleware(ApiKeyMiddleware, key=key)

@@ -23,6 +23,7 @@ from recsys.serving.api import (
     ServiceUnavailableError,
     ServingApp,
     fallback_kind,
+    service_settings,
 )
 from recsys.serving.export import ExportError, export_engine, load_engine, read_manifest
 from recsys.serving.faults import inject_faults, parse_faults
@@ -227,6 +228,28 @@ def test_keep_alive_limit_closes_about_one_connection_in_mean_requests():
     assert 150 < closed < 250  # 200 expected; binomial sd 14
     with pytest.raises(ValueError, match="mean_requests"):
         KeepAliveLimitMiddleware(inner, mean_requests=0)
+
+
+def test_service_settings_fill_defaults_by_worker_count():
+    one, several = service_settings({}, workers=1), service_settings({}, workers=3)
+    assert one["RECSYS_KEEPALIVE_REQUESTS"] == "0" and several["RECSYS_KEEPALIVE_REQUESTS"] == "20"
+    assert several["RECSYS_TRACING"] == "0" and several["RECSYS_ACCESS_LOG"] == "0"
+    chosen = service_settings({"RECSYS_DEADLINE": "thread", "RECSYS_TRACING": "1"}, workers=3)
+    assert chosen["RECSYS_DEADLINE"] == "thread" and chosen["RECSYS_TRACING"] == "1"
+
+
+def test_recsys_deadline_overrides_the_export_and_is_validated(trained, tmp_path, monkeypatch):
+    from recsys.errors import RecsysError
+
+    path, _ = _export(trained, tmp_path)
+    monkeypatch.setenv("RECSYS_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("RECSYS_DEADLINE", "thread")
+    app = ServingApp.from_env(path)
+    assert app.engine.config.deadline == "thread"
+    assert app.engine.deadline_mechanism() == "thread"
+    monkeypatch.setenv("RECSYS_DEADLINE", "sometimes")
+    with pytest.raises(RecsysError, match="RECSYS_DEADLINE"):
+        ServingApp.from_env(path)
 
 
 def test_faults_are_parsed_strictly_and_wrap_the_stages(trained, tmp_path):

@@ -160,6 +160,7 @@ def run_serve_bench(
     api_key: str | None = None,
 ) -> dict[str, Any]:
     """Run the serving benchmark (see the module docstring); writes serve.json / serve.md."""
+    from recsys.serving.api import service_settings
     from recsys.serving.bento import find_export, train_and_export
     from recsys.serving.build import stage_latency
     from recsys.serving.export import git_commit, load_engine, model_path, read_manifest
@@ -175,9 +176,7 @@ def run_serve_bench(
         "budget_ms": BUDGET_MS,
         "workers": workers,
         # the started service's speed knobs (bentos/personalisation/README.md); unknown at --url
-        "server_settings": {}
-        if url is not None
-        else {name: os.environ.get(name, default) for name, default in SERVER_SETTINGS.items()},
+        "server_settings": {} if url is not None else service_settings(os.environ, workers),
         "host_load_1min": os.getloadavg()[0],
         "versions": package_versions(),
     }
@@ -238,15 +237,6 @@ def run_serve_bench(
     (out_dir / "serve.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out_dir / "serve.md").write_text(serve_table(report) + "\n")
     return report
-
-
-#: The service's environment knobs that change its speed, with the service's defaults.
-SERVER_SETTINGS = {
-    "RECSYS_DEADLINE": "alarm",
-    "RECSYS_KEEPALIVE_REQUESTS": "20 with several workers",
-    "RECSYS_TRACING": "0",
-    "RECSYS_ACCESS_LOG": "0",
-}
 
 
 def serve_table(report: dict[str, Any]) -> str:

@@ -18,7 +18,9 @@ Process layout (``ServingApp.from_env``):
   (:class:`ApiKeyMiddleware`);
 * ``RECSYS_DEADLINE`` (``alarm`` or ``thread``): how the latency budget binds
   (``EngineConfig.deadline``; the exported engine's setting when unset);
-* ``RECSYS_FAULTS``: fault injection for reliability tests (:mod:`recsys.serving.faults`).
+* ``RECSYS_FAULTS``: fault injection for reliability tests (:mod:`recsys.serving.faults`);
+* ``RECSYS_KEEPALIVE_REQUESTS``, ``RECSYS_TRACING``, ``RECSYS_ACCESS_LOG``: the service's
+  speed knobs, read by :func:`service_settings`.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import json
 import logging
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recsys.errors import RecsysError
 
@@ -130,6 +133,24 @@ class ServiceUnavailableError(RecsysError):
     """A dependency (online store, consent registry) is down: the caller should retry."""
 
 
+def service_settings(environ: Mapping[str, str], workers: int) -> dict[str, str]:
+    """The service's speed knobs as ``environ`` sets them, defaults filled in.
+
+    One place for the Bento (``bentos/personalisation/service.py`` configures BentoML from
+    it) and for ``recsys bench serve`` (which records what the server it started ran with).
+    ``RECSYS_KEEPALIVE_REQUESTS`` defaults to 20 with several workers (0: never close), as
+    they share one listening socket; ``RECSYS_DEADLINE`` unset keeps the export's setting.
+    """
+    return {
+        "RECSYS_DEADLINE": environ.get("RECSYS_DEADLINE", "the export's"),
+        "RECSYS_KEEPALIVE_REQUESTS": environ.get(
+            "RECSYS_KEEPALIVE_REQUESTS", "20" if workers > 1 else "0"
+        ),
+        "RECSYS_TRACING": environ.get("RECSYS_TRACING", "0"),
+        "RECSYS_ACCESS_LOG": environ.get("RECSYS_ACCESS_LOG", "0"),
+    }
+
+
 class ServingApp:
     """One worker's engine, consent registry and metrics behind the HTTP endpoints.
 
@@ -169,17 +190,20 @@ class ServingApp:
             decision_log=DecisionLog(log_dir / "decisions", max_in_memory=0),
             redis_url=redis_url,
         )
-        if mechanism := os.environ.get("RECSYS_DEADLINE"):
-            if mechanism not in ("alarm", "thread"):
-                raise RecsysError(f"RECSYS_DEADLINE: use alarm or thread, got {mechanism!r}")
-            engine.config = engine.config.model_copy(update={"deadline": mechanism})
+        if chosen := os.environ.get("RECSYS_DEADLINE"):
+            try:  # validated as the config itself validates it
+                engine.config = type(engine.config).model_validate(
+                    {**engine.config.model_dump(), "deadline": chosen}
+                )
+            except ValidationError as exc:
+                raise RecsysError(f"RECSYS_DEADLINE: {exc.errors()[0]['msg']}") from exc
         inject_faults(engine, os.environ.get("RECSYS_FAULTS", ""))
         # the loaded model is hundreds of thousands of long-lived objects: keep them out of
         # the collector's generations, so a request never pays for a full traversal of them
         gc.collect()
         gc.freeze()
         metrics = ServiceMetrics(metrics_module) if metrics_module is not None else None
-        mechanism = engine.deadline_mechanism()
+        mechanism = engine.deadline_mechanism()  # of this, the loop's, thread
         log.info("latency budget of %.0f ms binds by %s", engine.config.budget_ms, mechanism)
         if metrics is not None:
             metrics.workers_by_deadline.labels(mechanism=mechanism).inc()

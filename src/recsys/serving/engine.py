@@ -378,7 +378,7 @@ class Engine:
         """
         request = self._begin(user_id, k, context, history, consent, exclude, now)
         if request.personalise:
-            if self.config.enforce_budget and self._alarm_deadline():
+            if self.config.enforce_budget and self.deadline_mechanism() == "alarm":
                 self._run_under_alarm(request)
             elif self.config.enforce_budget:
                 future = self._stage_pool().submit(
@@ -410,7 +410,7 @@ class Engine:
         :meth:`recommend`.
         """
         request = self._begin(user_id, k, context, history, consent, exclude, now)
-        if request.personalise and self._alarm_deadline():
+        if request.personalise and self.deadline_mechanism() == "alarm":
             self._run_under_alarm(request)
         elif request.personalise:
             future = self._stage_pool().submit(
@@ -426,11 +426,7 @@ class Engine:
 
     def deadline_mechanism(self) -> Literal["alarm", "thread"]:
         """How a binding budget is enforced for calls from this thread (see ``config.deadline``)."""
-        return "alarm" if self._alarm_deadline() else "thread"
-
-    def _alarm_deadline(self) -> bool:
-        """Whether this call binds its budget with the alarm (config, and a thread that can)."""
-        return self.config.deadline == "alarm" and deadline.available()
+        return "alarm" if self.config.deadline == "alarm" and deadline.available() else "thread"
 
     def _run_under_alarm(self, request: _Request) -> None:
         """Retrieval and ranking on this thread, interrupted at the deadline (no hand-off)."""
